@@ -1,0 +1,360 @@
+"""Input pipeline: position-keyed training batches and exact, padded evaluation batches.
+
+Training reads an infinite stream of sample positions p = 0, 1, 2, ...; batch t holds positions
+[t*G, (t+1)*G) for the global batch size G, and process i reads its own contiguous slice of
+B_local = G / process_count of them. Position p is example perm_e[p mod N] of the split, where
+perm_e is a fresh permutation per epoch e = p // N drawn from (seed, e), and its augmentation is
+drawn by stateless random ops keyed by (seed, p). Batch t is therefore a pure function of
+(dataset, seed, t): the iterator's state is just t, and a resumed run sees the same batches.
+
+Records are read by index from TFDS ArrayRecord files (random access); decoding and
+augmentation run as TensorFlow ops in parallel tf.data maps, and finished batches are
+prefetched, so the accelerator is fed while the host prepares the next batches.
+"""
+
+import dataclasses
+import math
+from typing import Iterator
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from aaf_jax import data as data_lib
+
+data_lib.hide_gpus_from_tensorflow()
+
+IGNORE_LABEL = 255  # label padding; every registered dataset uses it
+_IMAGE, _LABEL = 'image', 'label'
+_FOREVER = 2**62
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the trainer and evaluator need to know about a dataset."""
+
+    num_classes: int
+    class_names: tuple[str, ...]
+    ignore_label: int
+    num_train: int
+    num_eval: int
+
+
+def dataset_info(data_cfg) -> DatasetInfo:
+    """Class names and split sizes of `data_cfg.name` (prepares the data if needed)."""
+    builder = data_lib.get_builder(data_cfg)
+    class_names = tuple(builder.CLASS_NAMES)
+    return DatasetInfo(
+        num_classes=len(class_names),
+        class_names=class_names,
+        ignore_label=int(builder.IGNORE_LABEL),
+        num_train=_split_size(builder, data_cfg.train_split, 'config.data.train_split'),
+        num_eval=_split_size(builder, data_cfg.eval_split, 'config.data.eval_split'),
+    )
+
+
+def _split_size(builder, split: str, field: str) -> int:
+    try:
+        return builder.info.splits[split].num_examples
+    except (KeyError, ValueError) as e:
+        raise ValueError(f'{field}={split!r} is not a split of {builder.name} '
+                         f'(available: {sorted(builder.info.splits)})') from e
+
+
+def _positive_int(value, field: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f'{field}={value!r}: expected a positive integer')
+    return int(value)
+
+
+def _local_batch(global_batch_size, process_index, process_count) -> tuple[int, int, int]:
+    """(B_local, process_index, process_count), checked; None means this JAX process."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    global_batch_size = _positive_int(global_batch_size, 'global_batch_size')
+    process_count = _positive_int(process_count, 'process_count')
+    if not 0 <= process_index < process_count:
+        raise ValueError(f'process_index={process_index!r}: expected 0 <= index < '
+                         f'process_count={process_count}')
+    if global_batch_size % process_count:
+        raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
+                         f'process_count={process_count}')
+    return global_batch_size // process_count, process_index, process_count
+
+
+def _mean(data_cfg) -> tuple[float, float, float]:
+    mean = tuple(data_cfg.mean)
+    if len(mean) != 3:
+        raise ValueError(f'config.data.mean={mean!r}: expected 3 numbers (RGB)')
+    return tuple(float(m) for m in mean)
+
+
+def _dataset_options(data_cfg) -> tf.data.Options:
+    """Deterministic order; `config.data.num_threads` (optional) caps tf.data's CPU use."""
+    options = tf.data.Options()
+    options.deterministic = True
+    options.threading.max_intra_op_parallelism = 1
+    num_threads = data_cfg.get('num_threads')
+    if num_threads:
+        num_threads = _positive_int(num_threads, 'config.data.num_threads')
+        options.threading.private_threadpool_size = num_threads
+        options.autotune.cpu_budget = num_threads
+    return options
+
+
+def _prefetch(data_cfg) -> int:
+    prefetch = data_cfg.prefetch
+    if isinstance(prefetch, bool) or not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
+        raise ValueError(f'config.data.prefetch={prefetch!r}: expected an integer >= 0 '
+                         '(batches to prepare ahead)')
+    return int(prefetch)
+
+
+class _Split:
+    """One split of a prepared dataset: raw records by index, and their TF decoder."""
+
+    def __init__(self, data_cfg, split: str, field: str):
+        builder = data_lib.get_builder(data_cfg)
+        self.num_examples = _split_size(builder, split, field)
+        if self.num_examples == 0:
+            raise ValueError(f'{field}={split!r} of {builder.name} has no examples')
+        if builder.IGNORE_LABEL != IGNORE_LABEL:
+            raise ValueError(f'{builder.name}.IGNORE_LABEL={builder.IGNORE_LABEL}: the pipeline '
+                             f'pads labels with {IGNORE_LABEL}, so datasets must ignore it')
+        self.name = f'{builder.name}/{builder.builder_config_name or ""}:{split}'
+        self._source = builder.as_data_source(
+            split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+        self._features = builder.info.features
+        self._decoders = {key: tfds.decode.SkipDecoding()
+                          for key in self._features.keys() if key not in (_IMAGE, _LABEL)}
+
+    def _read(self, indices: np.ndarray) -> np.ndarray:
+        return np.array(self._source.__getitems__(indices.tolist()), dtype=object)
+
+    def read(self, indices: tf.Tensor) -> tf.Tensor:
+        """Serialized examples [B] for example indices [B] (a Python call, one per batch)."""
+        records = tf.numpy_function(self._read, [indices], tf.string, stateful=False)
+        records.set_shape(indices.shape)
+        return records
+
+    def decode(self, record: tf.Tensor) -> dict[str, tf.Tensor]:
+        """{'image': uint8 [H,W,3], 'label': uint8 [H,W,1], 'name': string}."""
+        example = self._features.deserialize_example(record, decoders=self._decoders)
+        name = example.get('name', tf.constant(''))
+        return {_IMAGE: example[_IMAGE], _LABEL: example[_LABEL], 'name': name}
+
+
+def _augment(image, label, seed, *, crop, min_scale, max_scale, mirror, mean):
+    """The recipe's training augmentation of one example, random draws from `seed` [2].
+
+    image: uint8 [H,W,3], label: uint8 [H,W,1] -> float32 [crop,crop,3] mean-subtracted
+    (padding 0), int32 [crop,crop] (padding 255).
+    """
+    scale_seed, mirror_seed, y_seed, x_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=4))
+    scale = tf.random.stateless_uniform([], scale_seed, min_scale, max_scale)
+    size = tf.maximum(tf.cast(tf.cast(tf.shape(image)[:2], tf.float32) * scale, tf.int32), 1)
+    image = tf.image.resize(tf.cast(image, tf.float32), size, method='bilinear')
+    label = tf.image.resize(label, size, method='nearest')
+    if mirror:
+        flip = tf.random.stateless_uniform([], mirror_seed) < 0.5
+        image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+        label = tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label)
+    image = image - tf.constant(mean, tf.float32)
+    pad_h = tf.maximum(crop - size[0], 0)
+    pad_w = tf.maximum(crop - size[1], 0)
+    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
+    label = tf.pad(tf.cast(label, tf.int32), [[0, pad_h], [0, pad_w], [0, 0]],
+                   constant_values=IGNORE_LABEL)
+    top = tf.random.stateless_uniform([], y_seed, 0, size[0] + pad_h - crop + 1, tf.int32)
+    left = tf.random.stateless_uniform([], x_seed, 0, size[1] + pad_w - crop + 1, tf.int32)
+    image = image[top:top + crop, left:left + crop]
+    label = label[top:top + crop, left:left + crop, 0]
+    image.set_shape([crop, crop, 3])
+    label.set_shape([crop, crop])
+    return image, label
+
+
+class TrainIterator:
+    """Infinite iterator over this process's part of each global training batch.
+
+    Yields {'image': float32 [B_local,crop,crop,3], 'label': int32 [B_local,crop,crop]}.
+    `get_state()` is the number of batches yielded (plus what fixes the stream, checked on
+    `set_state`); restoring it rebuilds the tf.data pipeline at that step.
+    """
+
+    def __init__(self, data_cfg, *, global_batch_size, seed, process_index, process_count):
+        crop = _positive_int(data_cfg.crop_size, 'config.data.crop_size')
+        min_scale, max_scale = float(data_cfg.min_scale), float(data_cfg.max_scale)
+        if not 0 < min_scale <= max_scale:
+            raise ValueError(f'config.data.min_scale={min_scale}, max_scale={max_scale}: '
+                             'expected 0 < min_scale <= max_scale')
+        self._augment_options = dict(crop=crop, min_scale=min_scale, max_scale=max_scale,
+                                     mirror=bool(data_cfg.mirror), mean=_mean(data_cfg))
+        self._local_batch, process_index, _ = _local_batch(
+            global_batch_size, process_index, process_count)
+        self._global_batch = int(global_batch_size)
+        self._offset = process_index * self._local_batch
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f'seed={seed!r}: expected an integer')
+        self._seed = int(seed)
+        self._options = _dataset_options(data_cfg)
+        self._prefetch = _prefetch(data_cfg)
+        self._split = _Split(data_cfg, data_cfg.train_split, 'config.data.train_split')
+        self._step = 0
+        self._batches = None
+
+    def _dataset(self, first_step: int) -> tf.data.Dataset:
+        num_examples = self._split.num_examples
+        seed = tf.constant(self._seed, tf.int64)
+
+        def read(step):
+            positions = (step * self._global_batch + self._offset
+                         + tf.range(self._local_batch, dtype=tf.int64))  # [B_local]
+            epochs = positions // num_examples
+            # The raw op: tf.random.experimental.index_shuffle mis-pads batched [n,2] seeds.
+            shuffle_seeds = tf.stack(
+                [tf.fill(tf.shape(epochs), seed), epochs, tf.zeros_like(epochs)], axis=1)
+            indices = tf.raw_ops.RandomIndexShuffle(
+                index=positions % num_examples, seed=shuffle_seeds,
+                max_index=tf.constant(num_examples - 1, tf.int64), rounds=4)  # [B_local]
+            return positions, self._split.read(indices)
+
+        def prepare(position, record):
+            example = self._split.decode(record)
+            image, label = _augment(example[_IMAGE], example[_LABEL],
+                                    tf.stack([seed, position]), **self._augment_options)
+            return {_IMAGE: image, _LABEL: label}
+
+        return (tf.data.Dataset.range(first_step, _FOREVER)
+                .map(read)
+                .unbatch()
+                .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(self._local_batch, drop_remainder=True)
+                .prefetch(self._prefetch)
+                .with_options(self._options))
+
+    def __iter__(self) -> 'TrainIterator':
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self._batches is None:
+            self._batches = self._dataset(self._step).as_numpy_iterator()
+        batch = next(self._batches)
+        self._step += 1
+        return batch
+
+    def get_state(self) -> dict:
+        """JSON-serialisable position in the stream."""
+        return {'step': self._step, 'seed': self._seed,
+                'global_batch_size': self._global_batch, 'dataset': self._split.name}
+
+    def set_state(self, state: dict) -> None:
+        """Continues at `state['step']`; the stream must be the same one that was saved."""
+        expected = self.get_state()
+        missing = sorted(set(expected) - set(state))
+        if missing:
+            raise ValueError(f'Iterator state {state!r} lacks {missing}')
+        for key in ('seed', 'global_batch_size', 'dataset'):
+            if state[key] != expected[key]:
+                raise ValueError(f'Iterator state has {key}={state[key]!r} but this iterator '
+                                 f'has {key}={expected[key]!r}: the saved stream differs')
+        step = state['step']
+        if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+            raise ValueError(f'Iterator state step={step!r}: expected an integer >= 0')
+        self._step = int(step)
+        self._batches = None
+
+
+def make_train_iterator(data_cfg, *, global_batch_size: int, seed: int,
+                        process_index: int | None = None,
+                        process_count: int | None = None) -> TrainIterator:
+    """The training stream of `data_cfg.train_split` for this process (see the module doc)."""
+    return TrainIterator(data_cfg, global_batch_size=global_batch_size, seed=seed,
+                         process_index=process_index, process_count=process_count)
+
+
+class EvalIterable:
+    """Every example of a split exactly once, unaugmented, padded to `config.data.eval_size`.
+
+    Yields {'image': float32 [B_local,EH,EW,3] (mean-subtracted, padding 0), 'label': int32
+    [B_local,EH,EW] (padding 255), 'valid': bool [B_local]}; the last global batch is filled
+    with valid=False examples. Every process yields the same number of batches, `len(self)`.
+    """
+
+    def __init__(self, data_cfg, *, split, global_batch_size, process_index, process_count):
+        eval_size = tuple(data_cfg.eval_size)
+        if len(eval_size) != 2:
+            raise ValueError(f'config.data.eval_size={eval_size!r}: expected (height, width)')
+        self._eval_size = tuple(_positive_int(v, 'config.data.eval_size') for v in eval_size)
+        self._mean = _mean(data_cfg)
+        self._local_batch, process_index, _ = _local_batch(
+            global_batch_size, process_index, process_count)
+        self._global_batch = int(global_batch_size)
+        self._offset = process_index * self._local_batch
+        self._options = _dataset_options(data_cfg)
+        self._prefetch = _prefetch(data_cfg)
+        self._split = _Split(data_cfg, split, 'split')
+
+    def __len__(self) -> int:
+        return math.ceil(self._split.num_examples / self._global_batch)
+
+    def _dataset(self) -> tf.data.Dataset:
+        num_examples = self._split.num_examples
+        height, width = self._eval_size
+
+        def read(batch_index):
+            positions = (batch_index * self._global_batch + self._offset
+                         + tf.range(self._local_batch, dtype=tf.int64))  # [B_local]
+            valid = positions < num_examples
+            indices = tf.minimum(positions, num_examples - 1)
+            return valid, self._split.read(indices)
+
+        def prepare(valid, record):
+            example = self._split.decode(record)
+            size = tf.shape(example[_IMAGE])[:2]
+            fits = tf.debugging.Assert(
+                tf.logical_and(size[0] <= height, size[1] <= width),
+                ['evaluation image', example['name'], 'has height, width', size,
+                 f'larger than config.data.eval_size=({height}, {width})'])
+            with tf.control_dependencies([fits]):  # no padding op runs before the check
+                size = tf.identity(size)
+            image = tf.cast(example[_IMAGE], tf.float32) - tf.constant(self._mean)
+            label = tf.cast(example[_LABEL][..., 0], tf.int32)
+            image = tf.pad(image, [[0, height - size[0]], [0, width - size[1]], [0, 0]])
+            label = tf.pad(label, [[0, height - size[0]], [0, width - size[1]]],
+                           constant_values=IGNORE_LABEL)
+            image = tf.where(valid, image, 0.0)
+            label = tf.where(valid, label, IGNORE_LABEL)
+            image.set_shape([height, width, 3])
+            label.set_shape([height, width])
+            return {_IMAGE: image, _LABEL: label, 'valid': valid}
+
+        return (tf.data.Dataset.range(len(self))
+                .map(read)
+                .unbatch()
+                .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+                .batch(self._local_batch, drop_remainder=True)
+                .prefetch(self._prefetch)
+                .with_options(self._options))
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        batches = self._dataset().as_numpy_iterator()
+        while True:
+            try:
+                yield next(batches)
+            except StopIteration:
+                return
+            except tf.errors.InvalidArgumentError as e:
+                if 'config.data.eval_size' not in e.message:
+                    raise
+                raise ValueError(' '.join(e.message.split('\n')[:2])) from None
+
+
+def make_eval_iterator(data_cfg, *, split: str, global_batch_size: int,
+                       process_index: int | None = None,
+                       process_count: int | None = None) -> EvalIterable:
+    """The evaluation batches of `split` for this process (see `EvalIterable`)."""
+    return EvalIterable(data_cfg, split=split, global_batch_size=global_batch_size,
+                        process_index=process_index, process_count=process_count)
