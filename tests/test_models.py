@@ -1,0 +1,279 @@
+"""Tests of the model registry and networks: shapes, strides, parameter counts, training."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from aaf_jax import models
+from aaf_jax.models import pspnet, resnet
+
+
+def tiny_cfg(name='pspnet', **overrides):
+  """A network small enough to run forward and backward in well under a second."""
+  cfg = models.default_config(name)
+  cfg.update(dict(backbone='resnet10', base_width=8, stem_width=8, layout='torchvision',
+                  output_stride=8))
+  if name in ('pspnet', 'deeplabv3'):
+    cfg.head_width = 16
+  if name != 'pspnet':
+    cfg.aspp_rates = (1, 2)
+  cfg.update(overrides)
+  return cfg
+
+
+def init(model, shape):
+  return jax.jit(lambda k, x: model.init(k, x, train=False))(jax.random.PRNGKey(0),
+                                                             jnp.zeros(shape))
+
+
+def eval_shapes(model, shape, train=False):
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape),
+                                                train=False))
+  mutable = ['batch_stats'] if train else False
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(shape), train=train, mutable=mutable),
+                       variables)
+  return variables, out[0] if train else out
+
+
+def count(tree):
+  return sum(math.prod(a.shape) for a in jax.tree.leaves(tree))
+
+
+# --- the registry -------------------------------------------------------------------------
+
+def test_unknown_name_lists_the_registered_ones():
+  with pytest.raises(ValueError, match=r"'segformer'.*deeplabv2.*deeplabv3.*pspnet"):
+    models.build_model(ml_collections.ConfigDict({'name': 'segformer'}), num_classes=3)
+
+
+def test_unknown_field_is_named_with_the_accepted_ones():
+  cfg = tiny_cfg()
+  cfg.head_widht = 3
+  with pytest.raises(ValueError, match=r"\['head_widht'\].*accepted.*head_width"):
+    models.build_model(cfg, num_classes=3)
+
+
+def test_bad_option_values_fail_at_build_time():
+  with pytest.raises(ValueError, match='backbone'):
+    models.build_model(tiny_cfg(backbone='resnet11'), num_classes=3)
+  with pytest.raises(ValueError, match='layout'):
+    models.build_model(tiny_cfg(layout='caffe'), num_classes=3)
+  with pytest.raises(ValueError, match=r'output_stride=12.*\[4, 8, 16, 32\]'):
+    models.build_model(tiny_cfg(output_stride=12), num_classes=3)
+  with pytest.raises(ValueError, match=r'output_stride=32.*\[2, 4, 8, 16\]'):
+    models.build_model(tiny_cfg(stem_pool=False, output_stride=32), num_classes=3)
+  with pytest.raises(ValueError, match='stem'):
+    models.build_model(tiny_cfg(stem='huge'), num_classes=3)
+
+
+def test_trainer_fields_are_accepted_and_ignored():
+  cfg = tiny_cfg(pretrained='/nowhere.msgpack', aux_weight=0.4)
+  assert isinstance(models.build_model(cfg, num_classes=3), pspnet.PSPNet)
+
+
+def test_check_input_size():
+  cfg = tiny_cfg(output_stride=16)
+  models.check_input_size(cfg, 16, 40)
+  with pytest.raises(ValueError, match=r'width=15 \(crop 40x15\).*>= 16'):
+    models.check_input_size(cfg, 40, 15)
+
+
+def test_presets_build():
+  for preset in models.PRESETS:
+    cfg = models.get_preset(preset)
+    assert models.build_model(cfg, num_classes=3).num_classes == 3
+  with pytest.raises(ValueError, match='pspnet_tiny'):
+    models.get_preset('nope')
+
+
+# --- shapes and strides --------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['pspnet', 'deeplabv2', 'deeplabv3'])
+@pytest.mark.parametrize('layout', ['torchvision', 'slim'])
+@pytest.mark.parametrize('output_stride', [8, 16])
+def test_logit_shapes(name, layout, output_stride):
+  model = models.build_model(tiny_cfg(name, layout=layout, output_stride=output_stride,
+                                      aux_head=True), num_classes=5)
+  for h, w in ((33, 33), (48, 65)):
+    variables, out = eval_shapes(model, (2, h, w, 3))
+    expected = (2, -(-h // output_stride), -(-w // output_stride), 5)
+    assert out['logits'].shape == expected
+    assert out['aux_logits'].shape == expected
+    assert out['logits'].dtype == jnp.float32
+  assert set(variables['params']) == {'backbone', 'head', 'aux_head'}
+
+
+def test_tiny_preset_runs_at_stride_4():
+  model = models.build_model(models.get_preset('pspnet_tiny'), num_classes=4)
+  variables, out = eval_shapes(model, (1, 96, 96, 3))
+  assert out['logits'].shape == (1, 24, 24, 4)
+  assert set(variables['params']) == {'backbone', 'head'}
+
+
+@pytest.mark.parametrize('layout', ['torchvision', 'slim'])
+@pytest.mark.parametrize('output_stride,strides', [
+    (32, (4, 8, 16, 32)), (16, (4, 8, 16, 16)), (8, (4, 8, 8, 8))])
+def test_stage_strides(layout, output_stride, strides):
+  """Stage outputs per layout: slim strides at the end of the previous stage."""
+  net = resnet.ResNet(block='basic', stage_sizes=(2, 2, 2, 2), base_width=4, stem_width=4,
+                      layout=layout, output_stride=output_stride)
+  _, feats = eval_shapes(net, (1, 64, 64, 3))
+  if layout == 'slim':
+    strides = tuple(min(2 * s, output_stride) for s in strides[:3]) + strides[3:]
+  assert tuple(64 // feats[f'stage{i}'].shape[1] for i in range(1, 5)) == strides
+
+
+def test_deep_stem_and_no_pool():
+  net = resnet.ResNet(block='basic', stage_sizes=(1, 1), base_width=4, stem_width=8,
+                      stem='deep', stem_pool=False, output_stride=4)
+  variables, feats = eval_shapes(net, (1, 32, 32, 3))
+  assert feats['stage2'].shape == (1, 8, 8, 8)
+  widths = [variables['params'][f'stem_conv{k}']['kernel'].shape[-1] for k in (1, 2, 3)]
+  assert widths == [4, 4, 8]
+
+
+def test_resnet101_shapes_at_stride_8():
+  model = models.build_model(models.get_preset('pspnet_resnet101'), num_classes=21)
+  variables, out = eval_shapes(model, (2, 321, 321, 3), train=True)
+  assert out['logits'].shape == (2, 41, 41, 21)
+  assert 'stage3_unit23' in variables['params']['backbone']
+
+
+def test_dilation_rates_follow_slim_rule():
+  """The unit that would have strided keeps the previous rate; later ones get the new one."""
+  for layout in resnet.LAYOUTS:
+    plans = resnet.plan_units(block='bottleneck', stage_sizes=(3, 4, 6, 3), base_width=64,
+                              stem_width=64, layout=layout, output_stride=8)
+    rates = {(p.stage, p.index): p.rate for p in plans}
+    assert all(p.stride == 1 for p in plans if p.out_stride == 8 and p.stage >= 3)
+    if layout == 'torchvision':
+      assert rates[3, 1] == 1 and rates[3, 2] == 2 and rates[4, 1] == 2 and rates[4, 2] == 4
+    else:
+      assert rates[2, 4] == 1 and rates[3, 1] == 2 and rates[3, 6] == 2 and rates[4, 1] == 4
+
+
+# --- parameter counts (published, with a 1000-class classifier) ------------------------------
+
+@pytest.mark.parametrize('backbone,expected', [
+    ('resnet18', 11_689_512), ('resnet50', 25_557_032), ('resnet101', 44_549_160)])
+@pytest.mark.parametrize('layout', ['torchvision', 'slim'])
+def test_parameter_counts(backbone, expected, layout):
+  block, stage_sizes = resnet.BACKBONES[backbone]
+  net = resnet.ResNet(block=block, stage_sizes=stage_sizes, layout=layout, num_classes=1000)
+  variables, out = eval_shapes(net, (1, 224, 224, 3))
+  assert count(variables['params']) == expected
+  assert out['stage4'].shape[1:3] == (7, 7)
+
+
+# --- training and numerics -----------------------------------------------------------------
+
+def _sgd_steps(model, variables, images, labels, steps=3):
+  tx = optax.sgd(0.05, momentum=0.9)
+
+  @jax.jit
+  def step(params, batch_stats, opt_state):
+    def loss_fn(p):
+      out, updates = model.apply({'params': p, 'batch_stats': batch_stats}, images, train=True,
+                                 mutable=['batch_stats'])
+      loss = optax.softmax_cross_entropy_with_integer_labels(out['logits'], labels).mean()
+      if 'aux_logits' in out:
+        loss += 0.4 * optax.softmax_cross_entropy_with_integer_labels(
+            out['aux_logits'], labels).mean()
+      return loss, updates['batch_stats']
+    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+  params, stats, opt_state = variables['params'], variables['batch_stats'], None
+  opt_state = tx.init(params)
+  losses = []
+  for _ in range(steps):
+    params, stats, opt_state, loss = step(params, stats, opt_state)
+    losses.append(float(loss))
+  return {'params': params, 'batch_stats': stats}, losses
+
+
+@pytest.mark.parametrize('name', ['pspnet', 'deeplabv2', 'deeplabv3'])
+def test_sgd_steps_reduce_the_loss(name):
+  model = models.build_model(tiny_cfg(name, aux_head=True), num_classes=3)
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 33, 33, 3))
+  labels = jax.random.randint(jax.random.PRNGKey(2), (2, 5, 5), 0, 3)
+  variables = init(model, images.shape)
+  new, losses = _sgd_steps(model, variables, images, labels)
+  assert all(np.isfinite(losses)) and losses[-1] < losses[0]
+  for group in ('backbone', 'head', 'aux_head'):
+    before, after = variables['params'][group], new['params'][group]
+    assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(before),
+                                                     jax.tree.leaves(after)))
+
+
+def test_frozen_bn_keeps_batch_stats():
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 33, 33, 3))
+  labels = jax.random.randint(jax.random.PRNGKey(2), (2, 5, 5), 0, 3)
+  for frozen in (True, False):
+    model = models.build_model(tiny_cfg(freeze_bn=frozen), num_classes=3)
+    variables = init(model, images.shape)
+    new, _ = _sgd_steps(model, variables, images, labels, steps=1)
+    same = jax.tree.map(np.array_equal, variables['batch_stats'], new['batch_stats'])
+    assert all(jax.tree.leaves(same)) == frozen
+
+
+def test_frozen_bn_trains_like_eval_mode():
+  """With frozen BN, train=True gives the same logits as train=False."""
+  model = models.build_model(tiny_cfg(freeze_bn=True), num_classes=3)
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 33, 33, 3))
+  variables = init(model, images.shape)
+  train_out, _ = model.apply(variables, images, train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(train_out['logits'], model.apply(variables, images,
+                                                              train=False)['logits'])
+
+
+def test_bn_momentum_is_used():
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 33, 33, 3)) + 3.0
+  model = models.build_model(tiny_cfg(bn_momentum=0.75), num_classes=3)
+  variables = init(model, images.shape)
+  _, updates = model.apply(variables, images, train=True, mutable=['batch_stats'])
+  stem_mean = updates['batch_stats']['backbone']['bn1']['mean']
+  conv = variables['params']['backbone']['conv1']['kernel']
+  pre_bn = jax.lax.conv_general_dilated(images, conv, (2, 2), ((3, 3), (3, 3)),
+                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(stem_mean, 0.25 * pre_bn.mean(axis=(0, 1, 2)), rtol=1e-4,
+                             atol=1e-5)
+
+
+def test_bfloat16_gives_float32_logits_close_to_float32():
+  images = jax.random.normal(jax.random.PRNGKey(1), (2, 33, 33, 3))
+  ref_model = models.build_model(tiny_cfg(aux_head=True), num_classes=3)
+  variables = init(ref_model, images.shape)
+  bf16_model = models.build_model(tiny_cfg(aux_head=True), num_classes=3, dtype=jnp.bfloat16)
+  bf16_vars = jax.eval_shape(lambda: bf16_model.init(jax.random.PRNGKey(0), images,
+                                                     train=False))
+  assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(bf16_vars))
+  ref = ref_model.apply(variables, images, train=False)
+  out = bf16_model.apply(variables, images, train=False)
+  for key in ('logits', 'aux_logits'):
+    assert out[key].dtype == jnp.float32
+    scale = float(jnp.abs(ref[key]).max())
+    np.testing.assert_allclose(out[key], ref[key], atol=0.05 * scale)
+    assert not np.array_equal(out[key], ref[key])  # it did compute in bfloat16
+
+
+def test_adaptive_pool_matches_pytorch_rule():
+  x = np.arange(2 * 5 * 7 * 3, dtype=np.float32).reshape(2, 5, 7, 3)
+  got = np.asarray(pspnet.adaptive_avg_pool(jnp.asarray(x), 3))
+  for i in range(3):
+    for j in range(3):
+      r0, r1 = (i * 5) // 3, -(-((i + 1) * 5) // 3)
+      c0, c1 = (j * 7) // 3, -(-((j + 1) * 7) // 3)
+      np.testing.assert_allclose(got[:, i, j], x[:, r0:r1, c0:c1].mean(axis=(1, 2)), rtol=1e-6)
+  assert pspnet.adaptive_avg_pool(jnp.asarray(x), 6).shape == (2, 6, 6, 3)  # more bins than rows
+
+
+def test_aux_head_needs_matching_strides():
+  with pytest.raises(ValueError, match='aux_head'):
+    models.build_model(tiny_cfg(aux_head=True, output_stride=32), num_classes=3)
