@@ -374,3 +374,29 @@ def test_build_command(tmp_path):
     assert 'Generating train examples' in result.stderr  # the progress bar
     builder = prepare('gta5', tmp_path / 'manual', tmp_path)  # reused, not rebuilt
     assert set(read_split(builder, 'val')) == {'00002'}
+
+
+def test_prepared_voc_feeds_the_pipeline(voc_prepared):
+    """The pipeline reads these builders' records: eval labels keep VOC's 255 boundary."""
+    import ml_collections
+
+    from aaf_jax.data import pipeline
+
+    builder, seeds = voc_prepared
+    data_cfg = ml_collections.ConfigDict({
+        'name': 'voc', 'data_dir': str(builder.data_dir_root), 'manual_dir': None,
+        'train_split': 'train_aug', 'eval_split': 'val', 'crop_size': 6, 'min_scale': 0.5,
+        'max_scale': 2.0, 'mirror': True, 'mean': (122.675, 116.669, 104.008),
+        'eval_size': (fl.H + 2, fl.W), 'prefetch': 1,
+    })  # fmt: skip
+    info = pipeline.dataset_info(data_cfg)
+    assert (info.num_classes, info.num_train, info.num_eval) == (21, 5, 2)
+    batches = list(pipeline.make_eval_iterator(data_cfg, split='val', global_batch_size=4))
+    (batch,) = batches
+    assert batch['valid'].tolist() == [True, True, False, False]
+    labels = {tuple(fl.voc_masks(seeds[('voc', n)], 'voc')[0].ravel()) for n in VOC_TREE['voc_val']}
+    assert {tuple(batch['label'][i, : fl.H].ravel()) for i in range(2)} == labels
+    assert np.all(batch['label'][:2, fl.H :] == 255)
+    train = next(pipeline.make_train_iterator(data_cfg, global_batch_size=2, seed=0))
+    assert train['image'].shape == (2, 6, 6, 3) and train['label'].shape == (2, 6, 6)
+    assert set(np.unique(train['label'])) <= set(range(21)) | {255}
