@@ -5,6 +5,7 @@ import json
 import ml_collections
 import numpy as np
 import pytest
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aaf_jax import data
@@ -155,6 +156,39 @@ def test_augmented_image_and_label_stay_aligned(data_dir):
         np.testing.assert_allclose(blue, blue[0], atol=1e-3)
     scales_seen = {int((label != 255).sum()) for label in labels}
     assert len(scales_seen) > 3, 'the random scale should vary the padded area'
+
+
+def reference_augment(image, label, seed, *, crop, min_scale, max_scale, mirror, mean):
+    """The recipe done the plain way: resize everything, mirror, pad, then crop."""
+    scale_seed, mirror_seed, y_seed, x_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, num=4))
+    scale = tf.random.stateless_uniform([], scale_seed, min_scale, max_scale)
+    size = tf.maximum(tf.cast(tf.cast(tf.shape(image)[:2], tf.float32) * scale, tf.int32), 1)
+    image = tf.image.resize(tf.cast(image, tf.float32), size, method='bilinear')
+    label = tf.image.resize(label, size, method='nearest')
+    if mirror and tf.random.stateless_uniform([], mirror_seed) < 0.5:
+        image, label = tf.reverse(image, [1]), tf.reverse(label, [1])
+    pad = [[0, max(crop - int(size[0]), 0)], [0, max(crop - int(size[1]), 0)], [0, 0]]
+    image = tf.pad(image - mean, pad)
+    label = tf.pad(tf.cast(label, tf.int32), pad, constant_values=255)
+    top = tf.random.stateless_uniform([], y_seed, 0, image.shape[0] - crop + 1, tf.int32)
+    left = tf.random.stateless_uniform([], x_seed, 0, image.shape[1] - crop + 1, tf.int32)
+    return (image[top:top + crop, left:left + crop].numpy(),
+            label[top:top + crop, left:left + crop, 0].numpy())
+
+
+@pytest.mark.parametrize('height, width, crop', [(37, 53, 24), (20, 28, 40), (64, 17, 16)])
+def test_crop_only_resampling_matches_resizing_the_whole_image(height, width, crop):
+    rng = np.random.default_rng(height)
+    image = tf.constant(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+    label = tf.constant(rng.integers(0, 256, (height, width, 1), dtype=np.uint8))
+    options = dict(crop=crop, min_scale=0.5, max_scale=2.0, mirror=True, mean=MEAN)
+    for position in range(25):
+        seed = tf.constant([11, position], tf.int64)
+        got_image, got_label = pipeline._augment(image, label, seed, **options)
+        want_image, want_label = reference_augment(image, label, seed, **options)
+        np.testing.assert_array_equal(got_label.numpy(), want_label)
+        np.testing.assert_allclose(got_image.numpy(), want_image, atol=1e-3)
 
 
 def test_same_seed_same_batches_and_other_seed_differs(data_dir):

@@ -145,32 +145,70 @@ class _Split:
         return {_IMAGE: example[_IMAGE], _LABEL: example[_LABEL], 'name': name}
 
 
+def _resize_coordinates(start, length, in_size, out_size):
+    """Source pixels for outputs start..start+length-1 of a resize in_size -> out_size.
+
+    Follows tf.image.resize (half-pixel centres) exactly: returns bilinear (lower, upper, lerp)
+    and nearest indices, each [length].
+    """
+    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    out = tf.cast(tf.range(start, start + length), tf.float32) + 0.5
+    centre = out * scale - 0.5
+    floor = tf.floor(centre)
+    lower = tf.maximum(tf.cast(floor, tf.int32), 0)
+    upper = tf.minimum(tf.cast(tf.math.ceil(centre), tf.int32), in_size - 1)
+    nearest = tf.clip_by_value(tf.cast(tf.floor(out * scale), tf.int32), 0, in_size - 1)
+    return lower, upper, centre - floor, nearest
+
+
 def _augment(image, label, seed, *, crop, min_scale, max_scale, mirror, mean):
     """The recipe's training augmentation of one example, random draws from `seed` [2].
 
     image: uint8 [H,W,3], label: uint8 [H,W,1] -> float32 [crop,crop,3] mean-subtracted
-    (padding 0), int32 [crop,crop] (padding 255).
+    (padding 0), int32 [crop,crop] (padding 255). The result is that of: resize the whole
+    example by a random scale (bilinear image, nearest label), mirror, pad bottom/right to the
+    crop, take a random crop; but only the cropped pixels are ever resampled, so the cost
+    does not grow with the scale.
     """
     scale_seed, mirror_seed, y_seed, x_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, num=4))
     scale = tf.random.stateless_uniform([], scale_seed, min_scale, max_scale)
-    size = tf.maximum(tf.cast(tf.cast(tf.shape(image)[:2], tf.float32) * scale, tf.int32), 1)
-    image = tf.image.resize(tf.cast(image, tf.float32), size, method='bilinear')
-    label = tf.image.resize(label, size, method='nearest')
+    in_size = tf.shape(image)[:2]
+    size = tf.maximum(tf.cast(tf.cast(in_size, tf.float32) * scale, tf.int32), 1)  # [H',W']
+    top = tf.random.stateless_uniform([], y_seed, 0, tf.maximum(size[0], crop) - crop + 1,
+                                      tf.int32)
+    left = tf.random.stateless_uniform([], x_seed, 0, tf.maximum(size[1], crop) - crop + 1,
+                                       tf.int32)
+    visible = tf.minimum(size, crop)  # rows, columns of the crop covered by the image
+    flip = tf.constant(False)
     if mirror:
         flip = tf.random.stateless_uniform([], mirror_seed) < 0.5
-        image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
-        label = tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label)
-    image = image - tf.constant(mean, tf.float32)
-    pad_h = tf.maximum(crop - size[0], 0)
-    pad_w = tf.maximum(crop - size[1], 0)
-    image = tf.pad(image, [[0, pad_h], [0, pad_w], [0, 0]])
-    label = tf.pad(tf.cast(label, tf.int32), [[0, pad_h], [0, pad_w], [0, 0]],
-                   constant_values=IGNORE_LABEL)
-    top = tf.random.stateless_uniform([], y_seed, 0, size[0] + pad_h - crop + 1, tf.int32)
-    left = tf.random.stateless_uniform([], x_seed, 0, size[1] + pad_w - crop + 1, tf.int32)
-    image = image[top:top + crop, left:left + crop]
-    label = label[top:top + crop, left:left + crop, 0]
+    # Columns of the unmirrored scaled image that land in the crop.
+    left = tf.where(flip, tf.maximum(size[1] - left - crop, 0), left)
+
+    y_low, y_high, y_lerp, y_near = _resize_coordinates(top, visible[0], in_size[0], size[0])
+    x_low, x_high, x_lerp, x_near = _resize_coordinates(left, visible[1], in_size[1], size[1])
+    y0, x0 = tf.minimum(y_low[0], y_near[0]), tf.minimum(x_low[0], x_near[0])
+    y1 = tf.maximum(y_high[-1], y_near[-1]) + 1
+    x1 = tf.maximum(x_high[-1], x_near[-1]) + 1
+    window = tf.cast(image[y0:y1, x0:x1], tf.float32)  # the source pixels the crop reads
+    top_rows = tf.gather(window, y_low - y0)
+    bottom_rows = tf.gather(window, y_high - y0)
+    x_lerp = x_lerp[None, :, None]
+
+    def lerp_columns(rows):
+        left_px = tf.gather(rows, x_low - x0, axis=1)
+        return left_px + (tf.gather(rows, x_high - x0, axis=1) - left_px) * x_lerp
+
+    upper, lower = lerp_columns(top_rows), lerp_columns(bottom_rows)
+    image = upper + (lower - upper) * y_lerp[:, None, None]  # [vis_h,vis_w,3]
+    label = tf.gather(tf.gather(label[y0:y1, x0:x1, 0], y_near - y0), x_near - x0, axis=1)
+    image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+    label = tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label)
+
+    padding = [[0, crop - visible[0]], [0, crop - visible[1]]]
+    image = tf.pad(image - tf.constant(mean, tf.float32), padding + [[0, 0]])
+    label = tf.pad(tf.cast(label, tf.int32), padding, constant_values=IGNORE_LABEL)
     image.set_shape([crop, crop, 3])
     label.set_shape([crop, crop])
     return image, label
