@@ -14,6 +14,7 @@ prefetched, so the accelerator is fed while the host prepares the next batches.
 
 import dataclasses
 import math
+import re
 from typing import Iterator
 
 import jax
@@ -68,8 +69,8 @@ def _positive_int(value, field: str) -> int:
     return int(value)
 
 
-def _local_batch(global_batch_size, process_index, process_count) -> tuple[int, int, int]:
-    """(B_local, process_index, process_count), checked; None means this JAX process."""
+def _local_batch(global_batch_size, process_index, process_count) -> tuple[int, int]:
+    """(B_local, process_index), checked; None means this JAX process's index/count."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     global_batch_size = _positive_int(global_batch_size, 'global_batch_size')
@@ -80,7 +81,7 @@ def _local_batch(global_batch_size, process_index, process_count) -> tuple[int, 
     if global_batch_size % process_count:
         raise ValueError(f'global_batch_size={global_batch_size} is not divisible by '
                          f'process_count={process_count}')
-    return global_batch_size // process_count, process_index, process_count
+    return global_batch_size // process_count, process_index
 
 
 def _mean(data_cfg) -> tuple[float, float, float]:
@@ -230,7 +231,7 @@ class TrainIterator:
                              'expected 0 < min_scale <= max_scale')
         self._augment_options = dict(crop=crop, min_scale=min_scale, max_scale=max_scale,
                                      mirror=bool(data_cfg.mirror), mean=_mean(data_cfg))
-        self._local_batch, process_index, _ = _local_batch(
+        self._local_batch, process_index = _local_batch(
             global_batch_size, process_index, process_count)
         self._global_batch = int(global_batch_size)
         self._offset = process_index * self._local_batch
@@ -327,7 +328,7 @@ class EvalIterable:
             raise ValueError(f'config.data.eval_size={eval_size!r}: expected (height, width)')
         self._eval_size = tuple(_positive_int(v, 'config.data.eval_size') for v in eval_size)
         self._mean = _mean(data_cfg)
-        self._local_batch, process_index, _ = _local_batch(
+        self._local_batch, process_index = _local_batch(
             global_batch_size, process_index, process_count)
         self._global_batch = int(global_batch_size)
         self._offset = process_index * self._local_batch
@@ -385,9 +386,11 @@ class EvalIterable:
             except StopIteration:
                 return
             except tf.errors.InvalidArgumentError as e:
-                if 'config.data.eval_size' not in e.message:
+                found = re.search(r'assertion failed: \[(.*config\.data\.eval_size.*?)\]', e.message)
+                if not found:
                     raise
-                raise ValueError(' '.join(e.message.split('\n')[:2])) from None
+                raise ValueError(found.group(1).replace('] [', ' ') + ': raise eval_size to '
+                                 'at least the largest image of the split') from None
 
 
 def make_eval_iterator(data_cfg, *, split: str, global_batch_size: int,
