@@ -1,0 +1,29 @@
+"""The README's two set-up commands are the ones CI runs, so they cannot rot."""
+
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def readme_command(marker):
+  text = open(os.path.join(ROOT, 'README.md')).read()
+  match = re.search(rf'<!-- {marker} -->\s*```\n(.+?)\n```', text, re.S)
+  assert match, f'README.md has no command after <!-- {marker} -->'
+  return match.group(1).strip()
+
+
+def ci_lines():
+  return [line.strip() for line in open(os.path.join(ROOT, '.ci', 'run'))]
+
+
+def test_ci_runs_the_readme_test_command():
+  command = readme_command('test-command')
+  assert 'pytest' in command
+  assert command in ci_lines()
+
+
+def test_ci_runs_the_readme_main_command():
+  command = readme_command('main-command')
+  assert 'launch.py --config=configs/synthetic.py' in command
+  assert command in ci_lines()
