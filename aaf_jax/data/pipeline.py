@@ -29,6 +29,8 @@ data_lib.hide_gpus_from_tensorflow()
 IGNORE_LABEL = 255  # label padding; every registered dataset uses it
 _IMAGE, _LABEL = 'image', 'label'
 _FOREVER = 2**62
+# The tf.data map functions use no Python control flow on tensors: skip AutoGraph.
+_no_autograph = tf.autograph.experimental.do_not_convert
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,6 +250,7 @@ class TrainIterator:
         num_examples = self._split.num_examples
         seed = tf.constant(self._seed, tf.int64)
 
+        @_no_autograph
         def read(step):
             positions = (step * self._global_batch + self._offset
                          + tf.range(self._local_batch, dtype=tf.int64))  # [B_local]
@@ -260,6 +263,7 @@ class TrainIterator:
                 max_index=tf.constant(num_examples - 1, tf.int64), rounds=4)  # [B_local]
             return positions, self._split.read(indices)
 
+        @_no_autograph
         def prepare(position, record):
             example = self._split.decode(record)
             image, label = _augment(example[_IMAGE], example[_LABEL],
@@ -343,6 +347,7 @@ class EvalIterable:
         num_examples = self._split.num_examples
         height, width = self._eval_size
 
+        @_no_autograph
         def read(batch_index):
             positions = (batch_index * self._global_batch + self._offset
                          + tf.range(self._local_batch, dtype=tf.int64))  # [B_local]
@@ -350,6 +355,7 @@ class EvalIterable:
             indices = tf.minimum(positions, num_examples - 1)
             return valid, self._split.read(indices)
 
+        @_no_autograph
         def prepare(valid, record):
             example = self._split.decode(record)
             size = tf.shape(example[_IMAGE])[:2]
