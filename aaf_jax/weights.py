@@ -74,6 +74,10 @@ def read_checkpoint(path: str, fmt: str) -> dict[str, np.ndarray]:
 
 def _read_slim(path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], 'GPU')  # reading a checkpoint must not claim GPU memory
+  except RuntimeError:
+    pass  # TF was initialised earlier; whoever did that chose its devices
   prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
   if prefix is None or not (os.path.exists(prefix + '.index') or os.path.exists(prefix)):
     raise FileNotFoundError(f'no TF checkpoint at {path!r} (expected a prefix with a .index '
@@ -188,6 +192,8 @@ def convert(tensors: Mapping[str, np.ndarray], target, *, source: str,
   """
   if source not in ('slim', 'torch'):
     raise ValueError(f'convert: source={source!r}; expected "slim" or "torch".')
+  if fold_std is not None and len(fold_std) != 3:
+    raise ValueError(f'convert: fold_std={fold_std!r} must give one std per RGB channel.')
   if source == 'slim' and scope is None:
     scope = slim_scope(tensors)
   flat = flax.traverse_util.flatten_dict(dict(target))
@@ -218,15 +224,20 @@ def convert(tensors: Mapping[str, np.ndarray], target, *, source: str,
   unmatched = sorted(n for n in tensors if n not in used and not skipped(n))
   problems = []
   if missing:
-    problems.append(f'{len(missing)} backbone leaves have no source tensor: {missing}')
+    problems.append(f'{len(missing)} backbone leaves have no source tensor: {_few(missing)}')
   if bad_shape:
-    problems.append(f'{len(bad_shape)} shapes differ: {bad_shape}')
+    problems.append(f'{len(bad_shape)} shapes differ: {_few(bad_shape)}')
   if unmatched:
     problems.append(f'{len(unmatched)} source tensors match no backbone leaf (pass skip= '
-                    f'prefixes to leave them out): {unmatched}')
+                    f'prefixes to leave them out): {_few(unmatched)}')
   if problems:
     raise ValueError('weight import failed:\n  ' + '\n  '.join(problems))
   return flax.traverse_util.unflatten_dict(out)
+
+
+def _few(items, limit=40):
+  """A list for an error message, cut after `limit` entries."""
+  return str(items) if len(items) <= limit else f'{items[:limit]} and {len(items) - limit} more'
 
 
 # --- files of converted weights and merging --------------------------------------------------
@@ -251,14 +262,20 @@ def load(path: str) -> dict:
   return state
 
 
+def default_fold_std(fmt: str) -> tuple[float, ...] | None:
+  """torch sources expect (x / 255 - mean) / std; slim ones, like our pipeline, x - mean."""
+  return None if fmt == 'slim' else IMAGENET_STD
+
+
 def load_backbone(path: str, variables: Mapping, *, layout: str | None = None,
                   skip: Sequence[str] | None = None, scope: str | None = None,
-                  fold_std: Sequence[float] | None = None) -> dict:
+                  fold_std: Sequence[float] | None | str = 'auto') -> dict:
   """`variables` with its `backbone` subtrees replaced by the weights in `path`.
 
   Args:
     path: a `.msgpack` written by this module, or a raw checkpoint (slim prefix or folder,
-      .safetensors, .pth), converted on the fly with `skip`, `scope` and `fold_std`.
+      .safetensors, .pth), converted on the fly with `skip`, `scope` and `fold_std` (see
+      `convert`; 'auto': `default_fold_std` of the format).
     variables: the model's {'params', 'batch_stats'} (arrays or ShapeDtypeStructs); only
       `params['backbone']` and `batch_stats['backbone']` are replaced.
     layout: the model's `layout`; a ValueError when the weights were trained in another one
@@ -282,7 +299,7 @@ def load_backbone(path: str, variables: Mapping, *, layout: str | None = None,
     imported = convert(read_checkpoint(path, fmt), target,
                        source='slim' if fmt == 'slim' else 'torch',
                        skip=default_skip(fmt) if skip is None else skip, scope=scope,
-                       fold_std=fold_std)
+                       fold_std=default_fold_std(fmt) if isinstance(fold_std, str) else fold_std)
   if layout is not None and layout != trained_layout:
     raise ValueError(f'{path!r} holds weights of a {trained_layout!r}-layout ResNet but the '
                      f'model uses layout={layout!r}; set config.model.layout='
@@ -303,7 +320,8 @@ def _merge(target, imported, collection, path):
                   for k in want if k in have and np.shape(have[k]) != tuple(want[k].shape))
   if missing or extra or shapes:
     raise ValueError(f'{path!r} does not fit the model backbone ({collection}): missing from '
-                     f'the file {missing}; not in the model {extra}; shape mismatches {shapes}.')
+                     f'the file {_few(missing)}; not in the model {_few(extra)}; shape '
+                     f'mismatches {_few(shapes)}.')
   return flax.traverse_util.unflatten_dict(
       {k: np.asarray(have[k], dtype=want[k].dtype) for k in want})
 
@@ -352,7 +370,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   else:
     skip = default_skip(fmt, args.keep_classifier)
   if args.fold_std is None:
-    fold_std = None if fmt == 'slim' else IMAGENET_STD
+    fold_std = default_fold_std(fmt)
   elif args.fold_std.lower() == 'none':
     fold_std = None
   else:

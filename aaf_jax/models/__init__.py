@@ -6,6 +6,7 @@ Every field of `config.model` other than `name` is a constructor option of the c
 """
 
 import dataclasses
+import numbers
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -86,7 +87,7 @@ def check_input_size(model_cfg, height: int, width: int) -> None:
   """
   model = build_model(model_cfg, num_classes=1)
   for what, size in (('height', height), ('width', width)):
-    if not isinstance(size, int) or size < model.output_stride:
+    if not isinstance(size, numbers.Integral) or size < model.output_stride:
       raise ValueError(f'input {what}={size!r} (crop {height}x{width}) is too small for '
                        f'{type(model).__name__} at output_stride={model.output_stride}: each '
                        f'side must be an integer >= {model.output_stride}.')

@@ -21,9 +21,9 @@ def batch_norm(*, train: bool, frozen: bool, momentum: float, epsilon: float, dt
                            param_dtype=jnp.float32)
 
 
-def conv(features, kernel, *, rate=1, dtype, name, use_bias=False):
-  """Stride-1 conv with symmetric 'same' padding, He-initialised, float32 parameters."""
-  return resnet._conv(features, kernel, rate=rate, dtype=dtype, name=name, use_bias=use_bias)
+def conv(features, kernel, *, rate=1, dtype, name):
+  """Stride-1 conv without bias (a BN follows), 'same' size, He init, float32 parameters."""
+  return resnet.conv2d(features, kernel, rate=rate, dtype=dtype, name=name)
 
 
 def classifier(num_classes, *, dtype, name='classifier'):

@@ -104,10 +104,11 @@ def plan_units(*, block: str, stage_sizes: Sequence[int], base_width: int, stem_
   return plans
 
 
-def _conv(features, kernel, *, stride=1, rate=1, dtype, name, use_bias=False):
+def conv2d(features, kernel, *, stride=1, rate=1, dtype, name):
+  """k x k conv, no bias, symmetric padding rate * (k - 1) / 2, He init, float32 params."""
   pad = rate * (kernel - 1) // 2
   return nn.Conv(features, (kernel, kernel), strides=stride, kernel_dilation=rate,
-                 padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
+                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
                  param_dtype=jnp.float32, kernel_init=_conv_init, name=name)
 
 
@@ -121,10 +122,10 @@ class BottleneckUnit(nn.Module):
   def __call__(self, x):
     p = self.plan
     width = p.out_features // 4
-    y = nn.relu(self.norm(name='bn1')(_conv(width, 1, dtype=self.dtype, name='conv1')(x)))
-    y = _conv(width, 3, stride=p.stride, rate=p.rate, dtype=self.dtype, name='conv2')(y)
+    y = nn.relu(self.norm(name='bn1')(conv2d(width, 1, dtype=self.dtype, name='conv1')(x)))
+    y = conv2d(width, 3, stride=p.stride, rate=p.rate, dtype=self.dtype, name='conv2')(y)
     y = nn.relu(self.norm(name='bn2')(y))
-    y = self.norm(name='bn3')(_conv(p.out_features, 1, dtype=self.dtype, name='conv3')(y))
+    y = self.norm(name='bn3')(conv2d(p.out_features, 1, dtype=self.dtype, name='conv3')(y))
     return nn.relu(y + _shortcut(x, p, self.norm, self.dtype))
 
 
@@ -137,16 +138,16 @@ class BasicUnit(nn.Module):
   @nn.compact
   def __call__(self, x):
     p = self.plan
-    y = _conv(p.out_features, 3, stride=p.stride, rate=p.rate, dtype=self.dtype, name='conv1')(x)
+    y = conv2d(p.out_features, 3, stride=p.stride, rate=p.rate, dtype=self.dtype, name='conv1')(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = _conv(p.out_features, 3, rate=p.rate, dtype=self.dtype, name='conv2')(y)
+    y = conv2d(p.out_features, 3, rate=p.rate, dtype=self.dtype, name='conv2')(y)
     y = self.norm(name='bn2')(y)
     return nn.relu(y + _shortcut(x, p, self.norm, self.dtype))
 
 
 def _shortcut(x, plan: UnitPlan, norm, dtype):
   if plan.projection:
-    y = _conv(plan.out_features, 1, stride=plan.stride, dtype=dtype, name='downsample_conv')(x)
+    y = conv2d(plan.out_features, 1, stride=plan.stride, dtype=dtype, name='downsample_conv')(x)
     return norm(name='downsample_bn')(y)
   return x[:, ::plan.stride, ::plan.stride, :]
 
@@ -196,12 +197,13 @@ class ResNet(nn.Module):
                              dtype=self.dtype, param_dtype=jnp.float32)
     x = x.astype(self.dtype)
     if self.stem == 'standard':
-      x = _conv(self.stem_width, 7, stride=2, dtype=self.dtype, name='conv1')(x)
+      x = conv2d(self.stem_width, 7, stride=2, dtype=self.dtype, name='conv1')(x)
       x = nn.relu(norm(name='bn1')(x))
     else:
       widths = (self.stem_width // 2, self.stem_width // 2, self.stem_width)
       for k, width in enumerate(widths, start=1):
-        x = _conv(width, 3, stride=2 if k == 1 else 1, dtype=self.dtype, name=f'stem_conv{k}')(x)
+        stride = 2 if k == 1 else 1
+        x = conv2d(width, 3, stride=stride, dtype=self.dtype, name=f'stem_conv{k}')(x)
         x = nn.relu(norm(name=f'stem_bn{k}')(x))
     if self.stem_pool:
       padding = 'SAME' if self.layout == 'slim' else ((1, 1), (1, 1))
