@@ -5,20 +5,12 @@ Subclasses (PSPNet, DeepLab v2/v3) add their head options as fields and build th
 trainer uses for its learning-rate groups.
 """
 
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
 
 from aaf_jax.models import resnet
-
-
-def batch_norm(*, train: bool, frozen: bool, momentum: float, epsilon: float, dtype):
-  """A BatchNorm factory; running statistics at eval time or when frozen."""
-  return functools.partial(nn.BatchNorm, use_running_average=not train or frozen,
-                           momentum=momentum, epsilon=epsilon, dtype=dtype,
-                           param_dtype=jnp.float32)
 
 
 def conv(features, kernel, *, rate=1, dtype, name):
@@ -105,7 +97,7 @@ class Segmenter(nn.Module):
   @nn.compact
   def __call__(self, images, *, train: bool):
     """images: [N,H,W,3] float32 -> {'logits': [N,h,w,K] float32, ('aux_logits')}."""
-    norm = batch_norm(train=train, frozen=self.freeze_bn, momentum=self.bn_momentum,
+    norm = resnet.batch_norm(train=train, frozen=self.freeze_bn, momentum=self.bn_momentum,
                       epsilon=self.bn_epsilon, dtype=self.dtype)
     features = self.make_backbone(name='backbone')(images, train=train)
     last = max(k for k in features if k.startswith('stage'))

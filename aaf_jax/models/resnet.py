@@ -104,6 +104,13 @@ def plan_units(*, block: str, stage_sizes: Sequence[int], base_width: int, stem_
   return plans
 
 
+def batch_norm(*, train: bool, frozen: bool, momentum: float, epsilon: float, dtype):
+  """A BatchNorm factory; running statistics at eval time or when frozen."""
+  return functools.partial(nn.BatchNorm, use_running_average=not train or frozen,
+                           momentum=momentum, epsilon=epsilon, dtype=dtype,
+                           param_dtype=jnp.float32)
+
+
 def conv2d(features, kernel, *, stride=1, rate=1, dtype, name):
   """k x k conv, no bias, symmetric padding rate * (k - 1) / 2, He init, float32 params."""
   pad = rate * (kernel - 1) // 2
@@ -192,9 +199,8 @@ class ResNet(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     """x: [N,H,W,3] -> dict of [N,h,w,C] features in self.dtype."""
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train or self.freeze_bn,
-                             momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-                             dtype=self.dtype, param_dtype=jnp.float32)
+    norm = batch_norm(train=train, frozen=self.freeze_bn, momentum=self.bn_momentum,
+                      epsilon=self.bn_epsilon, dtype=self.dtype)
     x = x.astype(self.dtype)
     if self.stem == 'standard':
       x = conv2d(self.stem_width, 7, stride=2, dtype=self.dtype, name='conv1')(x)
