@@ -156,6 +156,100 @@ def test_gradients_match_central_differences_of_the_reference():
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2e-3, atol=2e-5)
 
 
+def straightforward_aaf(probs, labels, num_classes, sizes, margin, edge_logits, nonedge_logits):
+  """The spec in plain jnp, one [N,H,W,C] element mask per offset: what autodiff would see."""
+  probs = probs.astype(jnp.float32)
+  _, h, w, _ = probs.shape
+  valid = (labels >= 0) & (labels < num_classes)
+  one_hot = jax.nn.one_hot(jnp.where(valid, labels, -1), num_classes)  # [N,H,W,C]
+  w_edge = jax.nn.softmax(edge_logits, -1)[jnp.where(valid, labels, 0)]  # [N,H,W,K]
+  w_nonedge = jax.nn.softmax(nonedge_logits, -1)[jnp.where(valid, labels, 0)]
+
+  def shift(x, dy, dx, s, fill):  # x at i + (dy, dx), `fill` outside the image
+    x = jnp.pad(x, [(0, 0), (s, s), (s, s)] + [(0, 0)] * (x.ndim - 3), constant_values=fill)
+    return x[:, s + dy:s + dy + h, s + dx:s + dx + w]
+
+  p = jnp.clip(probs, 1e-4, 1.0)
+  np_ = jnp.clip(1.0 - probs, 1e-4, 1.0)
+  edges, nonedges = [], []
+  for k, s in enumerate(sizes):
+    e_sum = n_sum = e_cnt = n_cnt = 0.0
+    for dy, dx in ref.offsets(s):
+      q, nq = shift(p, dy, dx, s, 0.5), shift(np_, dy, dx, s, 0.5)
+      kl = q * jnp.log(q / p) + nq * jnp.log(nq / np_)
+      kept = valid & shift(valid, dy, dx, s, False) & shift(valid, -dy, -dx, s, False)
+      kept = kept[..., None]
+      is_edge = kept & (one_hot != shift(one_hot, dy, dx, s, 0.0))
+      is_nonedge = kept & (one_hot == shift(one_hot, dy, dx, s, 0.0))
+      e_sum += jnp.sum(jnp.where(is_edge, jax.nn.relu(margin - kl) * w_edge[..., k:k + 1], 0.0))
+      n_sum += jnp.sum(jnp.where(is_nonedge, kl * w_nonedge[..., k:k + 1], 0.0))
+      e_cnt += jnp.sum(is_edge)
+      n_cnt += jnp.sum(is_nonedge)
+    edges.append(jnp.where(e_cnt > 0, e_sum / jnp.maximum(e_cnt, 1), 0.0))
+    nonedges.append(jnp.where(n_cnt > 0, n_sum / jnp.maximum(n_cnt, 1), 0.0))
+  return jnp.stack(edges), jnp.stack(nonedges)
+
+
+def with_clip_bounds(probs):
+  """probs with some entries exactly at 0, 1 and the clip floor, where clip's slope is 0 or 1/2."""
+  probs = probs.copy()
+  probs[0, 1, 1] = np.eye(probs.shape[-1])[0]  # p = 1 and p = 0
+  probs[0, 2, 3, :2] = np.float32(1e-4)  # p on the lower clip bound
+  probs[1, 0, 0, 0] = 1.0 - np.float32(1e-4)
+  return probs
+
+
+def test_custom_gradient_matches_autodiff_of_the_straightforward_form():
+  probs, labels = random_case(14)
+  probs = with_clip_bounds(probs)  # jnp.clip's slope there is 1/2 (on a bound) or 0
+  rng = np.random.default_rng(14)
+  e_logits, n_logits = rng.normal(size=(2, 4, 3)).astype(np.float32)
+  weights = jnp.asarray(rng.uniform(0.5, 2.0, size=(2, 3)), jnp.float32)  # distinct cotangents
+
+  def total(fn):
+    def f(p, e, n):
+      edge, nonedge = fn(p, e, n)
+      return jnp.sum(weights[0] * edge) + jnp.sum(weights[1] * nonedge)
+    return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+
+  ours = total(lambda p, e, n: affinity.adaptive_affinity_loss(
+      p, labels, num_classes=4, sizes=(1, 2, 3), margin=3.0, edge_logits=e, nonedge_logits=n))
+  plain = total(lambda p, e, n: straightforward_aaf(p, labels, 4, (1, 2, 3), 3.0, e, n))
+  (value, grads), (want_value, want_grads) = ours(probs, e_logits, n_logits), plain(
+      probs, e_logits, n_logits)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  for got, want in zip(grads, want_grads):
+    assert np.abs(want).max() > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
+
+
+def test_gradient_of_vmap_and_bfloat16():
+  probs, labels = random_case(15, n=1)
+  stacked_p, stacked_l = np.stack([probs, probs[:, ::-1]]), np.stack([labels, labels[:, ::-1]])
+  e_logits = jnp.asarray(np.random.default_rng(15).normal(size=(4, 2)), jnp.float32)
+
+  def total(p, l, e):
+    edge, nonedge = affinity.adaptive_affinity_loss(p, l, num_classes=4, sizes=(1, 2),
+                                                    edge_logits=e, nonedge_logits=-e)
+    return jnp.sum(edge) + 2.0 * jnp.sum(nonedge)
+
+  scale = jnp.array([1.0, 3.0])
+  batched = jax.grad(lambda p, e: jnp.sum(scale * jax.vmap(total, (0, 0, None))(p, stacked_l, e)),
+                     argnums=(0, 1))(stacked_p, e_logits)
+  singles = [jax.grad(total, argnums=(0, 2))(stacked_p[b], stacked_l[b], e_logits)
+             for b in range(2)]
+  for b in range(2):
+    np.testing.assert_allclose(batched[0][b], scale[b] * singles[b][0], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(batched[1], scale[0] * singles[0][1] + scale[1] * singles[1][1],
+                             rtol=1e-5, atol=1e-7)
+  half = jnp.asarray(probs).astype(jnp.bfloat16)
+  grad_half = jax.grad(total)(half, labels, e_logits)
+  assert grad_half.dtype == jnp.bfloat16
+  grad_rounded = jax.grad(total)(half.astype(jnp.float32), labels, e_logits)
+  np.testing.assert_allclose(grad_half.astype(np.float32), grad_rounded, rtol=1e-2,
+                             atol=1e-2 * float(jnp.abs(grad_rounded).max()))
+
+
 def test_gradients_finite_at_exact_zero_and_one():
   labels = np.array([[[0, 1, 1], [0, 0, 1], [2, 2, 255]]], np.int32)
   probs = np.asarray(jax.nn.one_hot(np.array([[[0, 1, 2], [1, 0, 1], [2, 0, 0]]]), 3))
