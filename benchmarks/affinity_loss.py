@@ -108,8 +108,10 @@ def main():
     theirs = make_step(yardstick_aaf, shape[-1])
     (v_ours, g_ours), (v_theirs, g_theirs) = ours(*batch), theirs(*batch)
     np.testing.assert_allclose(v_ours, v_theirs, rtol=1e-4)
+    # The yardstick's own float32 rounding reaches ~3e-4 of the largest logit-table gradient
+    # at 2,256,256,19 (checked against a float64 run), hence atol 1e-3 of the scale.
     for a, b in zip(g_ours, g_theirs):
-      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4 * float(jnp.abs(b).max()))
+      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()))
     mem = [f.lower(*batch).compile().memory_analysis().temp_size_in_bytes / 2**20
            for f in (ours, theirs)]
     t_ours, t_theirs = [], []
