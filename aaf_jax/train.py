@@ -31,9 +31,10 @@ def checkpoint_signature(config, num_classes: int) -> dict:
           'loss_sizes': list(config.loss.sizes), 'dataset': config.data.name}
 
 
-def check_signature(saved: dict, expected: dict, where: str) -> None:
+def check_signature(saved: dict, expected: dict, where: str, ignore=()) -> None:
+  """ValueError listing every field where a checkpoint's signature and the config differ."""
   differences = []
-  for key in sorted(set(saved) | set(expected)):
+  for key in sorted((set(saved) | set(expected)) - set(ignore)):
     if key == 'model':
       for field in sorted(set(saved.get('model', {})) | set(expected['model'])):
         a, b = saved.get('model', {}).get(field), expected['model'].get(field)
@@ -58,13 +59,16 @@ def _abstract_with_shardings(abstract, shardings):
                       abstract, shardings)
 
 
-def restore_or_init(config, manager, init, state_sharding, signature, rng):
-  """(state, data iterator state or None) following the resume order of the module docstring."""
+def restore_or_init(config, manager, init, state_sharding, signature, rng, ignore=()):
+  """(state, data iterator state or None) following the resume order of the module docstring.
+
+  `ignore`: signature fields allowed to differ (evaluation on another dataset).
+  """
   abstract = _abstract_with_shardings(jax.eval_shape(init, rng), state_sharding)
   step = manager.latest_step()
   if step is not None:
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-    check_signature(meta, signature, f'workdir {manager.directory}')
+    check_signature(meta, signature, f'workdir {manager.directory}', ignore)
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
     logging.info('Resumed from %s at step %d.', manager.directory, step)
@@ -74,8 +78,9 @@ def restore_or_init(config, manager, init, state_sharding, signature, rng):
     state = _from_init_checkpoint(config.init_checkpoint, state, state_sharding, signature)
   elif config.model.get('pretrained'):
     from aaf_jax import weights  # only runs that import weights need its dependencies
-    variables = weights.load_backbone(config.model.pretrained, {
-        'params': state.params['model'], 'batch_stats': state.batch_stats})
+    variables = weights.load_backbone(os.path.expanduser(config.model.pretrained), {
+        'params': state.params['model'], 'batch_stats': state.batch_stats},
+        layout=config.model.layout)
     state = jax.device_put(state.replace(
         params={**state.params, 'model': variables['params']},
         batch_stats=variables['batch_stats']), state_sharding)
@@ -120,6 +125,7 @@ def _setup(config):
   validate_config(config)
   mesh = sharding.make_mesh()
   sharding.check_batch_size(config.batch_size, mesh)
+  sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   models.check_input_size(config.model, config.data.crop_size, config.data.crop_size)
   info = pipeline.dataset_info(config.data)
   model = models.build_model(config.model, num_classes=info.num_classes,
@@ -133,6 +139,11 @@ def _setup(config):
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train per `config`, checkpointing into `workdir`, then evaluate; returns results.json."""
+  pretrained = config.model.get('pretrained')
+  if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
+    raise FileNotFoundError(f'config.model.pretrained={pretrained!r}: no such file. Import the '
+                            'ImageNet backbone with `python -m aaf_jax.weights` first, or set '
+                            "it to '' to train from scratch.")
   mesh, info, model, tx, init, state_sharding = _setup(config)
   num_classes = info.num_classes
   if (config.batch_size // mesh.devices.size) % config.grad_accum_steps:
@@ -174,7 +185,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def run_eval(step):
     variables = {'params': state.params['model'], 'batch_stats': state.batch_stats}
     batches = pipeline.make_eval_iterator(
-        config.data, split=config.data.eval_split, global_batch_size=config.batch_size,
+        config.data, split=config.data.eval_split, global_batch_size=config.eval_batch_size,
         process_index=jax.process_index(), process_count=jax.process_count())
     confusion, examples = evaluate.run_evaluation(eval_step, variables, batches, mesh,
                                                   num_classes, config.num_summary_images)
@@ -242,13 +253,15 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   with checkpoint_manager(workdir, config.keep_checkpoints) as manager:
     if manager.latest_step() is None:
       raise FileNotFoundError(f'--mode=eval: no checkpoint in {manager.directory}.')
+    # Another dataset with the same classes is fine: that is how GTA5 tests a Cityscapes model.
     state, _ = restore_or_init(config, manager, init, state_sharding,
-                               checkpoint_signature(config, info.num_classes), rng)
+                               checkpoint_signature(config, info.num_classes), rng,
+                               ignore=('dataset',))
   eval_step = evaluate.jit_eval_step(
       model, info.num_classes, mesh, {'params': state_sharding.params['model'],
                                       'batch_stats': state_sharding.batch_stats})
   batches = pipeline.make_eval_iterator(
-      config.data, split=config.data.eval_split, global_batch_size=config.batch_size,
+      config.data, split=config.data.eval_split, global_batch_size=config.eval_batch_size,
       process_index=jax.process_index(), process_count=jax.process_count())
   with jax.set_mesh(mesh):
     confusion, _ = evaluate.run_evaluation(

@@ -48,6 +48,7 @@ def base_config(loss_kind: str = 'aaf') -> ml_collections.ConfigDict:
   c.seed = 0
   c.num_train_steps = 30_000
   c.batch_size = 8  # global, over all devices and hosts
+  c.eval_batch_size = 8  # global, for evaluation at full resolution
   c.grad_accum_steps = 1  # the batch is split into this many sequential micro-batches
   c.compute_dtype = 'float32'  # or 'bfloat16': convs in bf16, params and loss in float32
   c.init_checkpoint = ''  # a workdir or checkpoint dir to start from when workdir has none

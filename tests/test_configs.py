@@ -46,3 +46,41 @@ def test_launch_rejects_an_unknown_override(tmp_path):
   assert out.returncode != 0
   assert 'margni' in out.stderr
   assert not (tmp_path / 'checkpoints').exists()
+
+
+@pytest.mark.parametrize('loss', ['ce', 'affinity', 'aaf'])
+def test_paper_configs(loss):
+  from configs import cityscapes, voc
+  stage1 = voc.get_config(f'stage1,{loss}')
+  assert (stage1.data.train_split, stage1.optimizer.learning_rate) == ('train_aug', 1e-3)
+  assert stage1.data.crop_size == 336 and stage1.batch_size == 8
+  assert stage1.num_train_steps == 30_000 and stage1.optimizer.poly_power == 0.9
+  assert stage1.optimizer.weight_decay == 5e-4 and stage1.optimizer.head_lr_mult == 10.0
+  assert stage1.model.backbone == 'resnet101' and stage1.model.output_stride == 8
+  assert stage1.model.pretrained and not stage1.init_checkpoint
+  stage2 = voc.get_config(f'stage2,{loss},init=/runs/voc1')
+  assert (stage2.data.train_split, stage2.optimizer.learning_rate) == ('train', 1e-4)
+  assert stage2.init_checkpoint == '/runs/voc1' and not stage2.model.pretrained
+  city = cityscapes.get_config(loss)
+  assert (city.data.crop_size, city.num_train_steps, city.data.name) == (720, 90_000,
+                                                                          'cityscapes')
+  for config in (stage1, stage2, city):
+    assert config.loss.kind == loss
+    assert (config.data.min_scale, config.data.max_scale) == (0.5, 2.0)
+    assert tuple(config.data.mean) == (122.675, 116.669, 104.008)
+
+
+def test_voc_stage_arguments_are_checked():
+  from configs import voc
+  with pytest.raises(ValueError, match='exactly one of stage1, stage2'):
+    voc.get_config('aaf')
+  with pytest.raises(ValueError, match='stage2 needs init='):
+    voc.get_config('stage2')
+
+
+def test_missing_pretrained_file_fails_at_start_up(tmp_path):
+  from aaf_jax import train
+  from configs import voc
+  config = voc.get_config(f'stage1,pretrained={tmp_path}/missing.msgpack')
+  with pytest.raises(FileNotFoundError, match=r'config.model.pretrained=.*missing.msgpack'):
+    train.train_and_evaluate(config, str(tmp_path / 'run'))

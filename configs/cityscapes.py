@@ -1,0 +1,47 @@
+"""The authors' Cityscapes recipe (AAF_SPEC.md): PSPNet, ResNet-101 (slim), stride 8, crop 720.
+
+    python launch.py --config=configs/cityscapes.py:aaf,pretrained=/w/r101.msgpack \
+        --config.data.manual_dir=/data/cityscapes --workdir=/runs/cs
+    # generalisation: the Cityscapes model evaluated on GTA5 (labels mapped to the 19 ids)
+    python launch.py --config=configs/cityscapes.py:aaf --workdir=/runs/cs --mode=eval \
+        --config.data.name=gta5 --config.data.eval_split=full \
+        --config.data.manual_dir=/data/gta5 --config.data.eval_size='(1052, 1914)'
+
+The recipe's batch of 8 ran on 4 GPUs with synchronised BatchNorm; here BatchNorm statistics
+are over the global batch on however many devices the run has.
+"""
+
+import ml_collections
+
+from aaf_jax.models import get_preset
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, loss='aaf', pretrained='pretrained/resnet_v1_101.msgpack',
+                          data_dir='~/tensorflow_datasets', batch=8, steps=90_000,
+                          dtype='float32')
+  config = common.base_config(args.loss)
+  if args.loss == 'affinity':
+    config.loss.sizes = (1,)
+  config.num_train_steps = args.steps
+  config.batch_size = args.batch
+  config.compute_dtype = args.dtype
+  config.optimizer.learning_rate = 1e-3
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 2000
+  config.eval_every_steps = 30_000
+  config.eval_batch_size = 2
+
+  config.model = get_preset('pspnet_resnet101')
+  config.model.aux_weight = 0.0
+  config.model.pretrained = args.pretrained
+
+  config.data = ml_collections.ConfigDict(dict(
+      name='cityscapes', data_dir=args.data_dir, manual_dir='',
+      train_split='train', eval_split='val',
+      crop_size=720, min_scale=0.5, max_scale=2.0, mirror=True,
+      mean=(122.675, 116.669, 104.008), eval_size=(1024, 2048), prefetch=4,
+      skip_bad_examples=False))
+  config.lock()
+  return config

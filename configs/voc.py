@@ -1,0 +1,55 @@
+"""The authors' PASCAL VOC 2012 recipe (AAF_SPEC.md): PSPNet, ResNet-101 (slim), stride 8.
+
+    # stage 1: train_aug (VOC train + SBD), 30k steps at lr 1e-3
+    python launch.py --config=configs/voc.py:stage1,aaf,pretrained=/w/r101.msgpack \
+        --config.data.manual_dir=/data/voc --workdir=/runs/voc1
+    # stage 2: VOC train, 30k steps at lr 1e-4, from stage 1; the AAF tables and the loss
+    # decay start afresh
+    python launch.py --config=configs/voc.py:stage2,aaf,init=/runs/voc1 \
+        --config.data.manual_dir=/data/voc --workdir=/runs/voc2
+
+The loss is `ce`, `affinity` or `aaf` (default). `pretrained` is the backbone file written by
+`python -m aaf_jax.weights` (stage 1; a missing file is an error at start-up).
+"""
+
+import ml_collections
+
+from aaf_jax.models import get_preset
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, loss='aaf', stage1=False, stage2=False,
+                          pretrained='pretrained/resnet_v1_101.msgpack', init='',
+                          data_dir='~/tensorflow_datasets', batch=8, steps=30_000,
+                          dtype='float32')
+  if args.stage1 == args.stage2:
+    raise ValueError(f'configs/voc.py needs exactly one of stage1, stage2; got {arg!r}.')
+  config = common.base_config(args.loss)
+  if args.loss == 'affinity':
+    config.loss.sizes = (1,)
+  config.num_train_steps = args.steps
+  config.batch_size = args.batch
+  config.compute_dtype = args.dtype
+  config.optimizer.learning_rate = 1e-3 if args.stage1 else 1e-4
+  config.log_every_steps = 100
+  config.checkpoint_every_steps = 2000
+  config.eval_every_steps = 10_000
+
+  config.model = get_preset('pspnet_resnet101')
+  config.model.aux_weight = 0.0  # the authors' PSPNet has no auxiliary head
+  if args.stage1:
+    config.model.pretrained = args.pretrained
+  else:
+    if not args.init:
+      raise ValueError("configs/voc.py:stage2 needs init=STAGE1_WORKDIR (the stage-1 run).")
+    config.init_checkpoint = args.init
+
+  config.data = ml_collections.ConfigDict(dict(
+      name='voc', data_dir=args.data_dir, manual_dir='',
+      train_split='train_aug' if args.stage1 else 'train', eval_split='val',
+      crop_size=336, min_scale=0.5, max_scale=2.0, mirror=True,
+      mean=(122.675, 116.669, 104.008), eval_size=(512, 512), prefetch=4,
+      skip_bad_examples=False))
+  config.lock()
+  return config
