@@ -174,12 +174,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
                                              writer=writer)
 
+  snapshot = []  # the state being written, kept alive until its async save has finished
+
   def save(step):
-    # A copy: the next step donates `state`, and on CPU an async save may still be reading the
-    # very buffers the donation hands back to XLA.
-    snapshot = jax.tree.map(lambda x: x.copy(), state)
+    # Save a copy: the next step donates `state`, and on CPU an async save may still be reading
+    # the very buffers the donation hands back to XLA. The copy must outlive the save too.
+    manager.wait_until_finished()
+    snapshot[:] = [jax.tree.map(lambda x: x.copy(), state)]
     manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(snapshot), data=ocp.args.JsonSave(train_iter.get_state()),
+        state=ocp.args.StandardSave(snapshot[0]), data=ocp.args.JsonSave(train_iter.get_state()),
         meta=ocp.args.JsonSave(signature)))
 
   def run_eval(step):
