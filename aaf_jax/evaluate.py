@@ -1,10 +1,14 @@
-"""Evaluation: whole-image inference, one confusion matrix over the split, mIoU and friends.
+"""Evaluation: the recipe's inference (whole image or sliding window, scales, flip), one
+confusion matrix over the split, mIoU and friends.
 
 The eval iterator pads every image to a fixed shape with ignore labels and pads the last batch
 with `valid=False` examples, so each image counts exactly once and the step compiles once.
+Inference treats that padded canvas as the image (where each example's real image ends is not
+known inside the jitted step); the padding carries label 255, so it never counts.
 """
 
 import json
+import math
 import os
 import tempfile
 
@@ -15,18 +19,117 @@ import numpy as np
 from aaf_jax import sharding
 
 
-def make_eval_step(model, num_classes: int):
+def check_eval_options(window: int, stride: int, scales, flip: bool) -> None:
+  """ValueError naming the `config.eval` field that cannot work."""
+  if not isinstance(window, int) or window < 0:
+    raise ValueError(f'config.eval.window={window!r}: expected an integer >= 0 '
+                     '(0 = the whole image at once).')
+  if window > 0 and not (isinstance(stride, int) and 0 < stride <= window):
+    raise ValueError(f'config.eval.stride={stride!r}: with config.eval.window={window} '
+                     f'expected an integer in 1..{window}.')
+  scales = tuple(scales) if isinstance(scales, (tuple, list)) else scales
+  if (not isinstance(scales, tuple) or not scales
+      or not all(isinstance(s, (int, float)) and s > 0 for s in scales)):
+    raise ValueError(f'config.eval.scales={scales!r}: expected a non-empty tuple of positive '
+                     'numbers, e.g. (1.0,).')
+  if not isinstance(flip, bool):
+    raise ValueError(f'config.eval.flip={flip!r}: expected True or False.')
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+  """Window offsets along one axis, placed as the authors' inference script does.
+
+  Evenly spaced, at most `stride` apart, the first at 0 and the last flush with the end, so
+  every pixel is covered; a `length` under `window` is padded up to one window.
+  """
+  length = max(length, window)
+  count = math.ceil((length - window) / stride) + 1
+  return [int(end) - window for end in np.linspace(window, length, count)]
+
+
+def _resize(x, height: int, width: int):
+  """Bilinear resize of [N,h,w,K] to [N,height,width,K], without antialiasing (as TF's)."""
+  if x.shape[1:3] == (height, width):
+    return x
+  return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method='linear',
+                          antialias=False)
+
+
+def _window_probs(apply_fn, images):
+  """Softmax of the logits upsampled to the input size: [N,h,w,3] -> [N,h,w,C]."""
+  logits = apply_fn(images).astype(jnp.float32)
+  return jax.nn.softmax(_resize(logits, *images.shape[1:3]), axis=-1)
+
+
+def _sliding_probs(apply_fn, images, num_classes: int, window: int, stride: int):
+  """Window-averaged probabilities [N,h,w,C]: one network call per window, in a scan.
+
+  The image is zero-padded at the bottom/right up to one window where it is smaller.
+  """
+  n, height, width, channels = images.shape
+  canvas_h, canvas_w = max(height, window), max(width, window)
+  images = jnp.pad(images, ((0, 0), (0, canvas_h - height), (0, canvas_w - width), (0, 0)))
+  offsets = np.array([(y, x) for y in window_starts(height, window, stride)
+                      for x in window_starts(width, window, stride)], np.int32)
+  coverage = np.zeros((canvas_h, canvas_w), np.float32)
+  for y, x in offsets:
+    coverage[y:y + window, x:x + window] += 1
+
+  def add_window(total, offset):
+    corner = (0, offset[0], offset[1], 0)
+    crop = jax.lax.dynamic_slice(images, corner, (n, window, window, channels))
+    probs = _window_probs(apply_fn, crop)  # [N,window,window,C]
+    current = jax.lax.dynamic_slice(total, corner, probs.shape)
+    return jax.lax.dynamic_update_slice(total, current + probs, corner), None
+
+  total, _ = jax.lax.scan(add_window, jnp.zeros((n, canvas_h, canvas_w, num_classes)),
+                          jnp.asarray(offsets))
+  return (total / coverage[:, :, None])[:, :height, :width]
+
+
+def predict_probs(apply_fn, images, num_classes: int, *, window: int = 0, stride: int = 0,
+                  scales=(1.0,), flip: bool = False):
+  """Class probabilities [N,H,W,C] of images [N,H,W,3], summed over scales and flips.
+
+  Per scale (image resized to round(scale*H) x round(scale*W)): softmax probabilities of the
+  whole image, or averaged over sliding windows where they overlap; with `flip` also of the
+  mirrored image, mirrored back; each resized to H x W and added up, as the authors'
+  inference averages probabilities. `apply_fn(images) -> logits` at any output stride.
+  """
+  n, height, width, _ = images.shape
+  views = 2 if flip else 1
+  total = jnp.zeros((n, height, width, num_classes), jnp.float32)
+  for scale in scales:
+    scaled = _resize(images, max(1, round(scale * height)), max(1, round(scale * width)))
+    if flip:  # an example's views sit side by side, so the batch sharding keeps them local
+      scaled = jnp.stack([scaled, scaled[:, :, ::-1]], axis=1).reshape(
+          (n * views,) + scaled.shape[1:])
+    probs = (_sliding_probs(apply_fn, scaled, num_classes, window, stride) if window
+             else _window_probs(apply_fn, scaled))
+    probs = _resize(probs, height, width).reshape(n, views, height, width, num_classes)
+    total = total + probs[:, 0]
+    if flip:
+      total = total + probs[:, 1, :, ::-1]
+  return total
+
+
+def make_eval_step(model, num_classes: int, *, window: int = 0, stride: int = 0,
+                   scales=(1.0,), flip: bool = False):
   """(variables, batch) -> (confusion [C,C] int32, predictions [N,H,W] int32).
 
-  Logits are upsampled bilinearly from the output stride to the input size; a pixel counts
-  when its label is a class (not 255) and its example is not padding.
+  Predictions are the argmax of `predict_probs` (the defaults: the whole image at scale 1,
+  logits upsampled bilinearly to the input size); a pixel counts when its label is a class
+  (not 255) and its example is not padding.
   """
+  check_eval_options(window, stride, scales, flip)
+  scales = tuple(float(s) for s in scales)
+
   def eval_step(variables, batch):
     images, labels = batch['image'], batch['label']
-    logits = model.apply(variables, images, train=False)['logits'].astype(jnp.float32)
-    n, h, w = labels.shape
-    logits = jax.image.resize(logits, (n, h, w, num_classes), method='bilinear')
-    preds = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    apply_fn = lambda x: model.apply(variables, x, train=False)['logits']
+    probs = predict_probs(apply_fn, images, num_classes, window=window, stride=stride,
+                          scales=scales, flip=flip)
+    preds = jnp.argmax(probs, axis=-1).astype(jnp.int32)
     counted = (labels >= 0) & (labels < num_classes) & batch['valid'][:, None, None]
     index = jnp.where(counted, labels * num_classes + preds, num_classes * num_classes)
     confusion = jnp.bincount(index.reshape(-1), length=num_classes * num_classes + 1)
@@ -34,8 +137,9 @@ def make_eval_step(model, num_classes: int):
   return eval_step
 
 
-def jit_eval_step(model, num_classes: int, mesh, variables_sharding):
-  return jax.jit(make_eval_step(model, num_classes),
+def jit_eval_step(model, num_classes: int, mesh, variables_sharding, **options):
+  """The jitted eval step over the mesh; `options` are make_eval_step's (config.eval)."""
+  return jax.jit(make_eval_step(model, num_classes, **options),
                  in_shardings=(variables_sharding, sharding.batch_sharding(mesh)),
                  out_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)))
 

@@ -168,7 +168,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       donate_argnums=0)
   eval_step = evaluate.jit_eval_step(
       model, num_classes, mesh, {'params': state_sharding.params['model'],
-                                 'batch_stats': state_sharding.batch_stats})
+                                 'batch_stats': state_sharding.batch_stats},
+      window=config.eval.window, stride=config.eval.stride, scales=config.eval.scales,
+      flip=config.eval.flip)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
@@ -262,7 +264,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
                                ignore=('dataset',))
   eval_step = evaluate.jit_eval_step(
       model, info.num_classes, mesh, {'params': state_sharding.params['model'],
-                                      'batch_stats': state_sharding.batch_stats})
+                                      'batch_stats': state_sharding.batch_stats},
+      window=config.eval.window, stride=config.eval.stride, scales=config.eval.scales,
+      flip=config.eval.flip)
   batches = pipeline.make_eval_iterator(
       config.data, split=config.data.eval_split, global_batch_size=config.eval_batch_size,
       process_index=jax.process_index(), process_count=jax.process_count())

@@ -33,6 +33,11 @@ def get_config(arg=None):
   config.eval_every_steps = 30_000
   config.eval_batch_size = 2
 
+  # The authors' inference: 720 px windows at stride 480, six scales and flip.
+  config.eval.window, config.eval.stride = 720, 480
+  config.eval.scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+  config.eval.flip = True
+
   config.model = get_preset('pspnet_resnet101')
   config.model.aux_weight = 0.0
   config.model.pretrained = args.pretrained

@@ -60,6 +60,11 @@ def base_config(loss_kind: str = 'aaf') -> ml_collections.ConfigDict:
       kind=loss_kind, sizes=(1, 2, 3), margin=3.0, lambda_edge=1.0, lambda_nonedge=1.0,
       decay=True))  # decay: scale the affinity term by 10 ** (-step / num_train_steps)
 
+  # Inference (evaluate.py): window 0 = the whole image at once, else sliding windows of
+  # `window` px at most `stride` apart; class probabilities summed over `scales` and, with
+  # `flip`, the mirrored image.
+  c.eval = ml_collections.ConfigDict(dict(window=0, stride=0, scales=(1.0,), flip=False))
+
   c.log_every_steps = 50
   c.eval_every_steps = 0  # 0: evaluate only at the end
   c.checkpoint_every_steps = 1000

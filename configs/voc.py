@@ -36,6 +36,12 @@ def get_config(arg=None):
   config.checkpoint_every_steps = 2000
   config.eval_every_steps = 10_000
 
+  # The authors' inference: 480 px windows at stride 320; stage 2 adds scales and flip.
+  config.eval.window, config.eval.stride = 480, 320
+  if args.stage2:
+    config.eval.scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+    config.eval.flip = True
+
   config.model = get_preset('pspnet_resnet101')
   config.model.aux_weight = 0.0  # the authors' PSPNet has no auxiliary head
   if args.stage1:

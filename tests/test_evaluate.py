@@ -4,6 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from aaf_jax import evaluate, sharding
 
@@ -60,3 +61,155 @@ def test_results_json_is_written_atomically(tmp_path):
     pass
   assert '0.5' in path.read_text()  # the old result is intact
   assert [p.name for p in tmp_path.iterdir()] == ['results.json']
+
+
+# --- the recipe's inference: sliding windows, scales, flip ---
+
+def identity_logits(images):
+  return images[..., :3]  # a stride-1 "network": logits = the image's channels
+
+
+def _probs(images, apply_fn=identity_logits, **options):
+  fn = jax.jit(lambda x: evaluate.predict_probs(apply_fn, x, 3, **options))
+  return np.asarray(fn(jnp.asarray(images)))
+
+
+def _random_images(shape, seed=0):
+  return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+
+
+@pytest.mark.parametrize('height,width,window,stride', [
+    (37, 53, 16, 10), (37, 53, 16, 16), (37, 53, 16, 1), (20, 24, 32, 8), (16, 16, 16, 5),
+    (30, 12, 13, 7)])
+def test_sliding_windows_give_the_whole_image_result(height, width, window, stride):
+  images = _random_images((2, height, width, 3))
+  whole = _probs(images)
+  sliding = _probs(images, window=window, stride=stride)
+  np.testing.assert_allclose(sliding, jax.nn.softmax(images, axis=-1), atol=1e-5)
+  np.testing.assert_array_equal(sliding.argmax(-1), whole.argmax(-1))
+
+
+@pytest.mark.parametrize('length,window,stride', [
+    (37, 16, 10), (53, 16, 10), (16, 16, 3), (5, 16, 10), (100, 7, 7), (101, 7, 7),
+    (101, 7, 1), (1024, 480, 320), (3584, 720, 480)])
+def test_windows_cover_every_pixel_and_end_flush(length, window, stride):
+  starts = evaluate.window_starts(length, window, stride)
+  canvas = max(length, window)
+  assert starts[0] == 0 and starts[-1] + window == canvas
+  assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:]))
+  covered = np.zeros(canvas, int)
+  for s in starts:
+    covered[s:s + window] += 1
+  assert covered.min() >= 1
+
+
+def test_flip_mirrors_the_prediction_back():
+  images = _random_images((2, 12, 17, 3), seed=1)  # asymmetric: a missing un-mirror shows
+  for options in ({}, {'window': 8, 'stride': 5}):
+    np.testing.assert_allclose(_probs(images, flip=True, **options),
+                               2 * _probs(images, **options), atol=1e-6)
+
+
+def test_multi_scale_of_constant_regions_keeps_the_regions():
+  regions = np.zeros((2, 32, 48), int)  # class per 16 px block, rows differ per example
+  regions[:, :16, 16:32], regions[:, 16:, :16], regions[1, :, 32:] = 1, 2, 1
+  images = 5.0 * np.asarray(jax.nn.one_hot(regions, 3), np.float32)
+  for options in ({}, {'window': 16, 'stride': 12, 'flip': True}):
+    probs = _probs(images, scales=(0.5, 0.75, 1.0, 1.5), **options)
+    np.testing.assert_array_equal(probs.argmax(-1), regions)
+    np.testing.assert_allclose(probs.sum(-1), 4 * (2 if options else 1), rtol=1e-5)
+
+
+def test_scales_resize_the_input_and_sum_probabilities():
+  def width_logits(images):  # class 0 wins on wide inputs, class 1 on narrow ones
+    n, h, w, _ = images.shape
+    return jnp.broadcast_to(jnp.array([w / 10, 2.0, 0.0]), (n, h, w, 3))
+  scales = (0.5, 1.0, 1.25)
+  probs = _probs(np.zeros((1, 10, 30, 3), np.float32), width_logits, scales=scales)
+  expected = sum(jax.nn.softmax(jnp.array([round(s * 30) / 10, 2.0, 0.0])) for s in scales)
+  np.testing.assert_allclose(probs[0, 4, 7], expected, rtol=1e-5)
+  np.testing.assert_allclose(probs, np.broadcast_to(probs[:1, :1, :1], probs.shape), rtol=1e-5)
+
+
+class StridedConv(nn.Module):
+  """Logits at output stride 2 from a padded conv: not shift-equivariant at the borders."""
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    return {'logits': nn.Conv(3, (3, 3), strides=2)(images)}
+
+
+def _reference_probs(apply_fn, images, window, stride, scales, flip):
+  """The authors' loop (pad, windows, softmax, average, resize, un-mirror, sum), in NumPy."""
+  def resize(x, h, w):
+    return np.asarray(jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), 'linear',
+                                       antialias=False))
+  n, height, width, _ = images.shape
+  total = np.zeros((n, height, width, 3))
+  for scale in scales:
+    h, w = round(scale * height), round(scale * width)
+    scaled = resize(images, h, w)
+    for mirrored in ([False, True] if flip else [False]):
+      img = scaled[:, :, ::-1] if mirrored else scaled
+      ph, pw = max(h, window), max(w, window)
+      canvas = np.zeros((n, ph, pw, 3), np.float32)
+      canvas[:, :h, :w] = img
+      acc, count = np.zeros((n, ph, pw, 3)), np.zeros((ph, pw))
+      for y in evaluate.window_starts(h, window, stride):
+        for x in evaluate.window_starts(w, window, stride):
+          logits = np.asarray(apply_fn(canvas[:, y:y + window, x:x + window]))
+          probs = np.asarray(jax.nn.softmax(resize(logits, window, window), axis=-1))
+          acc[:, y:y + window, x:x + window] += probs
+          count[y:y + window, x:x + window] += 1
+      probs = resize((acc / count[..., None])[:, :h, :w].astype(np.float32), height, width)
+      total += probs[:, :, ::-1] if mirrored else probs
+  return total
+
+
+def test_sliding_scales_and_flip_match_a_reference_loop():
+  model = StridedConv()
+  images = _random_images((2, 22, 31, 3), seed=2)
+  variables = model.init(jax.random.key(0), images[:, :8, :8])
+  apply_fn = lambda x: model.apply(variables, x)['logits']
+  options = dict(window=12, stride=8, scales=(0.5, 1.0, 1.25), flip=True)
+  np.testing.assert_allclose(_probs(images, apply_fn, **options),
+                             _reference_probs(apply_fn, images, **options), atol=1e-5)
+
+
+def test_sliding_eval_step_counts_like_the_whole_image_step():
+  mesh = sharding.make_mesh()
+  rng = np.random.default_rng(3)
+  batch = {'image': _random_images((2, 21, 26, 3), seed=3),
+           'label': rng.integers(0, 3, (2, 21, 26)).astype(np.int32),
+           'valid': np.array([True, True])}
+  batch['label'][1, 15:] = 255  # padding rows
+  results = []
+  for options in ({}, {'window': 10, 'stride': 6, 'scales': (1.0,), 'flip': True}):
+    step = evaluate.jit_eval_step(Identity(3), 3, mesh, sharding.replicated(mesh), **options)
+    results.append(evaluate.run_evaluation(step, {}, [batch], mesh, 3)[0])
+  np.testing.assert_array_equal(results[0], results[1])
+  assert results[0].sum() == 2 * 21 * 26 - 6 * 26
+
+
+@pytest.mark.parametrize('options,field', [
+    ({'window': -1}, 'config.eval.window'), ({'window': 16, 'stride': 0}, 'config.eval.stride'),
+    ({'window': 16, 'stride': 17}, 'config.eval.stride'), ({'scales': ()}, 'config.eval.scales'),
+    ({'scales': (1.0, 0.0)}, 'config.eval.scales'), ({'flip': 1}, 'config.eval.flip')])
+def test_bad_eval_options_name_the_field(options, field):
+  with pytest.raises(ValueError, match=field.replace('.', r'\.')):
+    evaluate.make_eval_step(Identity(3), 3, **options)
+
+
+def test_configs_carry_the_recipes_inference():
+  from configs import cityscapes, synthetic, voc
+  six_scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
+  expected = {
+      'synthetic': (synthetic.get_config(), (0, 0, (1.0,), False)),
+      'voc stage1': (voc.get_config('stage1'), (480, 320, (1.0,), False)),
+      'voc stage2': (voc.get_config('stage2,init=/runs/voc1'), (480, 320, six_scales, True)),
+      'cityscapes': (cityscapes.get_config(), (720, 480, six_scales, True)),
+  }
+  for name, (config, values) in expected.items():
+    e = config.eval
+    assert (e.window, e.stride, tuple(e.scales), e.flip) == values, name
+    evaluate.make_eval_step(Identity(3), 3, **e.to_dict())  # valid options
