@@ -1,4 +1,9 @@
-"""Metrics on hand-computed cases, and the eval step's confusion matrix with padding."""
+"""Metrics on hand-computed cases, the eval step with padding, and the recipe's inference:
+sliding windows, scales and flip against whole-image results and a NumPy loop."""
+
+import os
+import subprocess
+import sys
 
 import flax.linen as nn
 import jax
@@ -213,3 +218,32 @@ def test_configs_carry_the_recipes_inference():
     e = config.eval
     assert (e.window, e.stride, tuple(e.scales), e.flip) == values, name
     evaluate.make_eval_step(Identity(3), 3, **e.to_dict())  # valid options
+
+
+_EIGHT_DEVICES = '''
+import jax, numpy as np
+from aaf_jax import evaluate, sharding
+from tests.test_evaluate import StridedConv
+model, rng = StridedConv(), np.random.default_rng(0)
+batch = {'image': rng.normal(size=(8, 22, 31, 3)).astype(np.float32),
+         'label': rng.integers(0, 3, (8, 22, 31)).astype(np.int32), 'valid': np.ones(8, bool)}
+variables = model.init(jax.random.key(0), batch['image'][:1])
+mesh = sharding.make_mesh()
+assert mesh.devices.size == 8, mesh
+options = dict(window=12, stride=8, scales=(0.5, 1.0, 1.25), flip=True)
+step = evaluate.jit_eval_step(model, 3, mesh, sharding.replicated(mesh), **options)
+confusion, kept = evaluate.run_evaluation(step, variables, [batch], mesh, 3, num_keep=8)
+want_confusion, want_preds = evaluate.make_eval_step(model, 3, **options)(variables, batch)
+np.testing.assert_array_equal(confusion, np.asarray(want_confusion))
+np.testing.assert_array_equal(np.stack([k[2] for k in kept]), np.asarray(want_preds))
+'''
+
+
+def test_sliding_flip_eval_on_eight_devices_matches_one():
+  """Windows, scales and the flipped views stay correct with the batch split over 8 devices."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+             PYTHONPATH=root)
+  out = subprocess.run([sys.executable, '-c', _EIGHT_DEVICES], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
