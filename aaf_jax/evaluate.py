@@ -198,6 +198,9 @@ def write_json_atomically(path: str, payload: dict) -> None:
   try:
     with os.fdopen(fd, 'w') as f:
       json.dump(payload, f, indent=2, allow_nan=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the results from other users
     os.replace(tmp, path)
   except BaseException:
     os.unlink(tmp)

@@ -127,6 +127,9 @@ def _setup(config):
   sharding.check_batch_size(config.batch_size, mesh)
   sharding.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   models.check_input_size(config.model, config.data.crop_size, config.data.crop_size)
+  evaluate.check_eval_options(**config.eval.to_dict())
+  if config.eval.window:
+    models.check_input_size(config.model, config.eval.window, config.eval.window)
   info = pipeline.dataset_info(config.data)
   model = models.build_model(config.model, num_classes=info.num_classes,
                              dtype=COMPUTE_DTYPES[config.compute_dtype])
