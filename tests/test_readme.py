@@ -27,3 +27,11 @@ def test_ci_runs_the_readme_main_command():
   command = readme_command('main-command')
   assert 'launch.py --config=configs/synthetic.py' in command
   assert command in ci_lines()
+
+
+def test_readme_loss_example_runs():
+  text = open(os.path.join(ROOT, 'README.md')).read()
+  example = re.search(r'```python\n(.+?)\n```', text, re.S).group(1)
+  namespace = {}
+  exec(compile(example, 'README.md example', 'exec'), namespace)
+  assert namespace['edges'].shape == (3,) and float(namespace['loss']) > 0
