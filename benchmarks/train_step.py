@@ -111,7 +111,7 @@ def main():
     t = statistics.median(run['times'])
     achieved = run['flops'] / t / 1e12
     mfu = f'{achieved / args.peak_tflops:.3f}' if args.peak_tflops else '-'
-    print(f'| {kind} | {1e3 * t:.1f} | {args.batch / t:.1f} | '
+    print(f'| {kind} | {1e3 * t:.1f} | {args.batch / t:.4g} | '
           f'{run["flops"] / args.batch / 1e9:.2f} | {achieved:.3f} | {mfu} | '
           f'{t / base:.3f} |', flush=True)
 
