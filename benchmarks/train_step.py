@@ -48,8 +48,6 @@ def build(preset, kind, crop, batch, num_classes, dtype, steps):
   config.num_train_steps = steps
   config.batch_size = batch
   config.compute_dtype = dtype
-  if kind == 'affinity':
-    config.loss.sizes = (1,)
   config.model = models.get_preset(preset)
   model = models.build_model(config.model, num_classes=num_classes,
                              dtype=step.COMPUTE_DTYPES[dtype])

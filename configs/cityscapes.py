@@ -13,7 +13,6 @@ are over the global batch on however many devices the run has.
 
 import ml_collections
 
-from aaf_jax.models import get_preset
 from configs import common
 
 
@@ -21,15 +20,8 @@ def get_config(arg=None):
   args = common.parse_arg(arg, loss='aaf', pretrained='pretrained/resnet_v1_101.msgpack',
                           data_dir='~/tensorflow_datasets', batch=8, steps=90_000,
                           dtype='float32')
-  config = common.base_config(args.loss)
-  if args.loss == 'affinity':
-    config.loss.sizes = (1,)
-  config.num_train_steps = args.steps
-  config.batch_size = args.batch
-  config.compute_dtype = args.dtype
+  config = common.paper_config(args)
   config.optimizer.learning_rate = 1e-3
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = 2000
   config.eval_every_steps = 30_000
   config.eval_batch_size = 2
 
@@ -38,8 +30,6 @@ def get_config(arg=None):
   config.eval.scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
   config.eval.flip = True
 
-  config.model = get_preset('pspnet_resnet101')
-  config.model.aux_weight = 0.0
   config.model.pretrained = args.pretrained
 
   config.data = ml_collections.ConfigDict(dict(

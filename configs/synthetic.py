@@ -24,8 +24,6 @@ def get_config(arg=None):
   config.optimizer.learning_rate = 0.1
   config.optimizer.weight_decay = 1e-4
   config.optimizer.head_lr_mult = 1.0
-  if args.loss == 'affinity':
-    config.loss.sizes = (1,)
   config.log_every_steps = 100
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 2

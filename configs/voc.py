@@ -14,7 +14,6 @@ The loss is `ce`, `affinity` or `aaf` (default). `pretrained` is the backbone fi
 
 import ml_collections
 
-from aaf_jax.models import get_preset
 from configs import common
 
 
@@ -25,15 +24,8 @@ def get_config(arg=None):
                           dtype='float32')
   if args.stage1 == args.stage2:
     raise ValueError(f'configs/voc.py needs exactly one of stage1, stage2; got {arg!r}.')
-  config = common.base_config(args.loss)
-  if args.loss == 'affinity':
-    config.loss.sizes = (1,)
-  config.num_train_steps = args.steps
-  config.batch_size = args.batch
-  config.compute_dtype = args.dtype
+  config = common.paper_config(args)
   config.optimizer.learning_rate = 1e-3 if args.stage1 else 1e-4
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = 2000
   config.eval_every_steps = 10_000
 
   # The authors' inference: 480 px windows at stride 320; stage 2 adds scales and flip.
@@ -42,8 +34,6 @@ def get_config(arg=None):
     config.eval.scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
     config.eval.flip = True
 
-  config.model = get_preset('pspnet_resnet101')
-  config.model.aux_weight = 0.0  # the authors' PSPNet has no auxiliary head
   if args.stage1:
     config.model.pretrained = args.pretrained
   else:
