@@ -194,3 +194,13 @@ def test_eight_devices_match_one(data_dir, tmp_path):
     runs[devices] = _final_params(workdir)[1]
   for a, b in zip(jax.tree.leaves(runs[1]), jax.tree.leaves(runs[8])):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_train_step_compiles_once(data_dir, tmp_path, caplog):
+  """A recompile per step (a shape or dtype drifting) would make training crawl."""
+  caplog.set_level('WARNING')
+  with jax.log_compiles(True):
+    train.train_and_evaluate(tiny_config(data_dir, 'aaf', num_train_steps=5), str(tmp_path))
+  compiles = [r.getMessage() for r in caplog.records
+              if 'Compiling' in r.getMessage() and 'train_step' in r.getMessage()]
+  assert len(compiles) == 1, compiles
