@@ -166,17 +166,26 @@ def scores(confusion: np.ndarray, class_names) -> dict:
 
 def run_evaluation(eval_step, variables, batches, mesh, num_classes: int,
                    num_keep: int = 0):
-  """Accumulate the confusion matrix over every batch; keep the first `num_keep` examples."""
+  """Accumulate the confusion matrix over every batch; keep the first `num_keep` examples.
+
+  Each batch's matrix is fetched after the next batch is dispatched, so the host never waits
+  on the device between batches; the sum is kept on the host in int64 (a large split's pixel
+  counts overflow int32).
+  """
   confusion = np.zeros((num_classes, num_classes), np.int64)
-  kept = []
+  kept, previous = [], None
   for local in batches:
-    batch = sharding.global_batch(local, mesh)
-    batch_confusion, preds = eval_step(variables, batch)
-    confusion += np.asarray(jax.device_get(batch_confusion), np.int64)
+    batch_confusion, preds = eval_step(variables, sharding.global_batch(local, mesh))
+    if previous is not None:
+      confusion += np.asarray(jax.device_get(previous), np.int64)
+    previous = batch_confusion
     if len(kept) < num_keep:
-      local_preds = np.concatenate([np.asarray(s.data) for s in preds.addressable_shards])
+      shards = sorted(preds.addressable_shards, key=lambda s: s.index[0].start or 0)
+      local_preds = np.concatenate([np.asarray(s.data) for s in shards])
       for i in np.flatnonzero(local['valid'])[:num_keep - len(kept)]:
         kept.append((local['image'][i], local['label'][i], local_preds[i]))
+  if previous is not None:
+    confusion += np.asarray(jax.device_get(previous), np.int64)
   return confusion, kept
 
 

@@ -45,15 +45,20 @@ def test_eval_step_counts_valid_pixels_once():
   labels = np.array([[[0, 1], [1, 255]], [[0, 0], [0, 0]]], np.int32)
   batch = {'image': np.asarray(jax.nn.one_hot(preds, 3), np.float32),
            'label': labels, 'valid': np.array([True, False])}  # example 2 is padding
+  # A second batch in which both examples count: every batch, the last included, is summed.
+  second = {'image': batch['image'][::-1].copy(), 'label': labels[::-1].copy(),
+            'valid': np.array([True, True])}
   step = evaluate.jit_eval_step(Identity(3), 3, mesh, sharding.replicated(mesh))
-  confusion, kept = evaluate.run_evaluation(step, {}, [batch], mesh, 3, num_keep=5)
+  confusion, kept = evaluate.run_evaluation(step, {}, [batch, second], mesh, 3, num_keep=5)
   expected = np.zeros((3, 3), int)
-  expected[0, 0] += 1
-  expected[1, 1] += 1
-  expected[1, 2] += 1  # the 255 pixel and the padding example count nowhere
+  expected[0, 0] += 2
+  expected[1, 1] += 2
+  expected[1, 2] += 2  # the 255 pixels and the padding example count nowhere
+  expected[0, 1] += 4  # second batch, example 1: labels 0 predicted 1
   np.testing.assert_array_equal(confusion, expected)
-  assert len(kept) == 1
+  assert len(kept) == 3
   np.testing.assert_array_equal(kept[0][2], preds[0])
+  np.testing.assert_array_equal(kept[1][2], preds[1])
 
 
 def test_results_json_is_written_atomically(tmp_path):
