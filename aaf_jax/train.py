@@ -212,31 +212,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if start == 0:
     writer.write_hparams({k: str(v) for k, v in config.to_dict().items()})
   train_metrics, pending = None, None
-  with jax.set_mesh(mesh):
-    for step in range(start + 1, config.num_train_steps + 1):
-      batch = sharding.global_batch(next(train_iter), mesh)
-      state, step_metrics, finite = train_step(state, batch)
-      if pending is not None:  # the previous step's flag: it is ready, this step is queued
+  try:
+    with jax.set_mesh(mesh):
+      for step in range(start + 1, config.num_train_steps + 1):
+        batch = sharding.global_batch(next(train_iter), mesh)
+        state, step_metrics, finite = train_step(state, batch)
+        if pending is not None:  # the previous step's flag: it is ready, this step is queued
+          _raise_if_not_finite(*pending)
+        pending = (step, finite)
+        train_metrics = (step_metrics if train_metrics is None
+                         else train_metrics.merge(step_metrics))
+        progress(step)
+        if step % config.log_every_steps == 0 or step == config.num_train_steps:
+          writer.write_scalars(step, {f'train/{k}': v
+                                      for k, v in train_metrics.compute().items()})
+          train_metrics = None
+        if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
+          _raise_if_not_finite(*pending)  # never write a broken state
+          save(step)
+        if (config.eval_every_steps and step % config.eval_every_steps == 0
+            and step != config.num_train_steps):
+          run_eval(step)
+      if pending is not None:
         _raise_if_not_finite(*pending)
-      pending = (step, finite)
-      train_metrics = (step_metrics if train_metrics is None
-                       else train_metrics.merge(step_metrics))
-      progress(step)
-      if step % config.log_every_steps == 0 or step == config.num_train_steps:
-        writer.write_scalars(step, {f'train/{k}': v
-                                    for k, v in train_metrics.compute().items()})
-        train_metrics = None
-      if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
-        _raise_if_not_finite(*pending)  # never write a broken state
-        save(step)
-      if (config.eval_every_steps and step % config.eval_every_steps == 0
-          and step != config.num_train_steps):
-        run_eval(step)
-    if pending is not None:
-      _raise_if_not_finite(*pending)
-    results = run_eval(config.num_train_steps)
-  manager.wait_until_finished()
-  manager.close()
+      results = run_eval(config.num_train_steps)
+  finally:
+    # Also on an error (a NaN, say): finish writing the last good checkpoint, never half of it.
+    manager.wait_until_finished()
+    manager.close()
 
   results['step'] = config.num_train_steps
   if config.loss.kind == 'aaf':

@@ -127,7 +127,11 @@ def test_non_finite_loss_stops_without_checkpointing_it(data_dir, tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
   bad_step = int(err.value.args[0].split('at step ')[1].split(';')[0])
   saved = sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit())
-  assert all(s < bad_step for s in saved)
+  # Every step before the broken one was checkpointed (checkpoint_every_steps=1), none after,
+  # and what was written is finite.
+  assert bad_step > 1 and saved == list(range(max(1, bad_step - 2), bad_step))
+  _, params = _final_params(str(tmp_path))
+  assert all(np.all(np.isfinite(p)) for p in jax.tree.leaves(params))
 
 
 def _launch(workdir, data_dir, *flags, env=None):
