@@ -217,6 +217,18 @@ def _augment(image, label, seed, *, crop, min_scale, max_scale, mirror, mean):
     return image, label
 
 
+def _read_and_batch(batch_indices: tf.data.Dataset, read, prepare, local_batch: int,
+                    prefetch: int, options: tf.data.Options) -> tf.data.Dataset:
+    """batch index -> `read` (this process's records) -> parallel `prepare` -> batches."""
+    return (batch_indices
+            .map(read)
+            .unbatch()
+            .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(local_batch, drop_remainder=True)
+            .prefetch(prefetch)
+            .with_options(options))
+
+
 class TrainIterator:
     """Infinite iterator over this process's part of each global training batch.
 
@@ -270,13 +282,8 @@ class TrainIterator:
                                     tf.stack([seed, position]), **self._augment_options)
             return {_IMAGE: image, _LABEL: label}
 
-        return (tf.data.Dataset.range(first_step, _FOREVER)
-                .map(read)
-                .unbatch()
-                .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(self._local_batch, drop_remainder=True)
-                .prefetch(self._prefetch)
-                .with_options(self._options))
+        return _read_and_batch(tf.data.Dataset.range(first_step, _FOREVER), read, prepare,
+                               self._local_batch, self._prefetch, self._options)
 
     def __iter__(self) -> 'TrainIterator':
         return self
@@ -376,13 +383,8 @@ class EvalIterable:
             label.set_shape([height, width])
             return {_IMAGE: image, _LABEL: label, 'valid': valid}
 
-        return (tf.data.Dataset.range(len(self))
-                .map(read)
-                .unbatch()
-                .map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
-                .batch(self._local_batch, drop_remainder=True)
-                .prefetch(self._prefetch)
-                .with_options(self._options))
+        return _read_and_batch(tf.data.Dataset.range(len(self)), read, prepare,
+                               self._local_batch, self._prefetch, self._options)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         batches = self._dataset().as_numpy_iterator()
