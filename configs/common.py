@@ -11,8 +11,8 @@ import ast
 import ml_collections
 
 from aaf_jax.models import get_preset
+from aaf_jax.step import LOSS_KINDS
 
-LOSS_KINDS = ('ce', 'affinity', 'aaf')
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
