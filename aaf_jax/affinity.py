@@ -71,14 +71,23 @@ def affinity_loss(probs, labels, *, num_classes: int, size: int = 1, margin: flo
     (0 where there are none).
   """
   _check_inputs(probs, labels, num_classes, (size,), 'size')
-  sums, = _pair_sums(probs, labels, num_classes, (size,), margin)
-  return (_safe_mean(jnp.sum(sums.edge), jnp.sum(sums.edge_count)),
-          _safe_mean(jnp.sum(sums.nonedge), jnp.sum(sums.nonedge_count)))
+  (sums,) = _pair_sums(probs, labels, num_classes, (size,), margin)
+  return (
+    _safe_mean(jnp.sum(sums.edge), jnp.sum(sums.edge_count)),
+    _safe_mean(jnp.sum(sums.nonedge), jnp.sum(sums.nonedge_count)),
+  )
 
 
-def adaptive_affinity_loss(probs, labels, *, num_classes: int,
-                           sizes: Sequence[int] = (1, 2, 3), margin: float = 3.0,
-                           edge_logits, nonedge_logits):
+def adaptive_affinity_loss(
+  probs,
+  labels,
+  *,
+  num_classes: int,
+  sizes: Sequence[int] = (1, 2, 3),
+  margin: float = 3.0,
+  edge_logits,
+  nonedge_logits,
+):
   """The adaptive affinity-field loss (spec item 8), one (edge, non-edge) pair per size.
 
   Args:
@@ -100,8 +109,10 @@ def adaptive_affinity_loss(probs, labels, *, num_classes: int,
   expected = (num_classes, len(sizes))
   for name, table in (('edge_logits', edge_logits), ('nonedge_logits', nonedge_logits)):
     if tuple(jnp.shape(table)) != expected:
-      raise ValueError(f'adaptive_affinity_loss: {name} must have shape [num_classes, '
-                       f'len(sizes)] = {list(expected)}, got {list(jnp.shape(table))}.')
+      raise ValueError(
+        f'adaptive_affinity_loss: {name} must have shape [num_classes, '
+        f'len(sizes)] = {list(expected)}, got {list(jnp.shape(table))}.'
+      )
   edge_weights = jax.nn.softmax(jnp.asarray(edge_logits, jnp.float32), axis=-1)  # [C,K]
   nonedge_weights = jax.nn.softmax(jnp.asarray(nonedge_logits, jnp.float32), axis=-1)
   sums = _pair_sums(probs, labels, num_classes, sizes, margin)
@@ -110,12 +121,15 @@ def adaptive_affinity_loss(probs, labels, *, num_classes: int,
   nonedge_per_class = _per_class_totals([s.nonedge for s in sums], centre_class, num_classes)
   edge_counts = jnp.stack([jnp.sum(s.edge_count) for s in sums])  # [K]
   nonedge_counts = jnp.stack([jnp.sum(s.nonedge_count) for s in sums])
-  return (_safe_mean(jnp.sum(edge_weights.T * edge_per_class, axis=1), edge_counts),
-          _safe_mean(jnp.sum(nonedge_weights.T * nonedge_per_class, axis=1), nonedge_counts))
+  return (
+    _safe_mean(jnp.sum(edge_weights.T * edge_per_class, axis=1), edge_counts),
+    _safe_mean(jnp.sum(nonedge_weights.T * nonedge_per_class, axis=1), nonedge_counts),
+  )
 
 
 class _PairSums(NamedTuple):
   """Per-centre-pixel sums over the 8 offsets of one size, each [N,H,W] float32."""
+
   edge: jax.Array
   nonedge: jax.Array
   edge_count: jax.Array
@@ -124,8 +138,9 @@ class _PairSums(NamedTuple):
 
 def _pair_sums(probs, labels, num_classes, sizes, margin):
   """One _PairSums per size, differentiable w.r.t. probs (any float dtype) by the custom VJP."""
-  return _pair_sums_jit(jnp.asarray(probs), jnp.asarray(labels), num_classes, tuple(sizes),
-                        float(margin))
+  return _pair_sums_jit(
+    jnp.asarray(probs), jnp.asarray(labels), num_classes, tuple(sizes), float(margin)
+  )
 
 
 @functools.partial(jax.jit, static_argnums=(2, 3, 4))
@@ -136,8 +151,7 @@ def _pair_sums_jit(probs, labels, num_classes, sizes, margin):
 
 def _offsets(size):
   """Spec item 1: the 8 offsets (dy, dx) in {-s, 0, s}^2 other than (0, 0)."""
-  return tuple((dy, dx) for dy in (-size, 0, size) for dx in (-size, 0, size)
-               if (dy, dx) != (0, 0))
+  return tuple((dy, dx) for dy in (-size, 0, size) for dx in (-size, 0, size) if (dy, dx) != (0, 0))
 
 
 class _Shifter:
@@ -151,19 +165,19 @@ class _Shifter:
 
   def pad(self, x, value):
     b = self.border
-    return jnp.pad(x, [(0, 0), (b, b), (b, b)] + [(0, 0)] * (x.ndim - 3),
-                   constant_values=value)
+    return jnp.pad(x, [(0, 0), (b, b), (b, b)] + [(0, 0)] * (x.ndim - 3), constant_values=value)
 
   def at(self, padded, dy, dx):
     """padded viewed at i + (dy, dx) for every pixel i of the image."""
     y0, x0 = self.border + dy, self.border + dx
     return jax.lax.slice_in_dim(
-        jax.lax.slice_in_dim(padded, y0, y0 + self.height, axis=1),
-        x0, x0 + self.width, axis=2)
+      jax.lax.slice_in_dim(padded, y0, y0 + self.height, axis=1), x0, x0 + self.width, axis=2
+    )
 
 
 class _Pixels(NamedTuple):
   """Per-pixel tensors shared by all offsets, each with its padded copy where views need it."""
+
   pos: jax.Array  # a = clip(p)  [N,H,W,C]
   neg: jax.Array  # b = clip(1 - p)
   log_pos: jax.Array
@@ -187,6 +201,7 @@ def _pixels(probs, labels, num_classes, shifter):
 
 class _PairLabels(NamedTuple):
   """Label tests of the pairs (i, i + o) for one offset o, each [N,H,W]."""
+
   neighbour_cls: jax.Array
   differ: jax.Array  # kept and y_i != y_j: an edge for y_i and y_j, a non-edge otherwise
   same: jax.Array  # kept and y_i == y_j: a non-edge for every class
@@ -195,11 +210,13 @@ class _PairLabels(NamedTuple):
 
 def _pair_labels(px, shifter, dy, dx):
   """Spec items 2-3 for the offset (dy, dx): which pairs are kept, edges or non-edges."""
-  kept = px.valid & shifter.at(px.padded['valid'], dy, dx) & shifter.at(
-      px.padded['valid'], -dy, -dx)
+  kept = (
+    px.valid & shifter.at(px.padded['valid'], dy, dx) & shifter.at(px.padded['valid'], -dy, -dx)
+  )
   neighbour_cls = shifter.at(px.padded['cls'], dy, dx)
-  return _PairLabels(neighbour_cls, kept & (px.cls != neighbour_cls),
-                     kept & (px.cls == neighbour_cls), kept)
+  return _PairLabels(
+    neighbour_cls, kept & (px.cls != neighbour_cls), kept & (px.cls == neighbour_cls), kept
+  )
 
 
 def _at_class(cls, num_classes):
@@ -220,23 +237,33 @@ def _forward(probs, labels, num_classes, sizes, margin):
     for dy, dx in _offsets(size):
       pair = _pair_labels(px, shifter, dy, dx)
       pos_j, neg_j, log_pos_j, log_neg_j = (
-          shifter.at(px.padded[name], dy, dx) for name in ('pos', 'neg', 'log_pos', 'log_neg'))
+        shifter.at(px.padded[name], dy, dx) for name in ('pos', 'neg', 'log_pos', 'log_neg')
+      )
       kl = pos_j * (log_pos_j - px.log_pos) + neg_j * (log_neg_j - px.log_neg)  # [N,H,W,C]
       # One pass over C for the three sums (a variadic reduce), so kl is never stored.
       kl_all, kl_centre, kl_neighbour = jax.lax.reduce(
-          (kl, jnp.where(centre_onehot, kl, 0.0),
-           jnp.where(_at_class(pair.neighbour_cls, num_classes), kl, 0.0)),
-          (jnp.float32(0),) * 3, lambda x, y: tuple(a + b for a, b in zip(x, y)), (3,))
+        (
+          kl,
+          jnp.where(centre_onehot, kl, 0.0),
+          jnp.where(_at_class(pair.neighbour_cls, num_classes), kl, 0.0),
+        ),
+        (jnp.float32(0),) * 3,
+        lambda x, y: tuple(a + b for a, b in zip(x, y)),
+        (3,),
+      )
       gate_centre = pair.differ & (kl_centre < margin)  # relu(m - kl) is active
       gate_neighbour = pair.differ & (kl_neighbour < margin)
       gates.append((gate_centre, gate_neighbour))
-      edge += (jnp.where(gate_centre, margin - kl_centre, 0.0)
-               + jnp.where(gate_neighbour, margin - kl_neighbour, 0.0))
-      nonedge += jnp.where(pair.differ, kl_all - kl_centre - kl_neighbour,
-                           jnp.where(pair.same, kl_all, 0.0))
+      edge += jnp.where(gate_centre, margin - kl_centre, 0.0) + jnp.where(
+        gate_neighbour, margin - kl_neighbour, 0.0
+      )
+      nonedge += jnp.where(
+        pair.differ, kl_all - kl_centre - kl_neighbour, jnp.where(pair.same, kl_all, 0.0)
+      )
       edge_count += jnp.where(pair.differ, 2.0, 0.0)
-      nonedge_count += jnp.where(pair.differ, num_classes - 2.0,
-                                 jnp.where(pair.same, float(num_classes), 0.0))
+      nonedge_count += jnp.where(
+        pair.differ, num_classes - 2.0, jnp.where(pair.same, float(num_classes), 0.0)
+      )
     all_sums.append(_PairSums(edge, nonedge, edge_count, nonedge_count))
     all_gates.append(tuple(gates))
   return tuple(all_sums), tuple(all_gates)
@@ -269,27 +296,34 @@ def _pair_sums_bwd(num_classes, sizes, margin, residuals, sums_bar):
     for (dy, dx), (gate_centre, gate_neighbour) in zip(_offsets(size), size_gates):
       pair = _pair_labels(px, shifter, dy, dx)
       alpha = jnp.where(pair.kept, bar.nonedge, 0.0)  # [N,H,W]
-      beta_centre = -(jnp.where(pair.differ, bar.nonedge, 0.0)
-                      + jnp.where(gate_centre, bar.edge, 0.0))
-      beta_neighbour = -(jnp.where(pair.differ, bar.nonedge, 0.0)
-                         + jnp.where(gate_neighbour, bar.edge, 0.0))
-      g_centre = (alpha[..., None] + jnp.where(centre_onehot, beta_centre[..., None], 0.0)
-                  + jnp.where(_at_class(pair.neighbour_cls, num_classes),
-                              beta_neighbour[..., None], 0.0))  # G(k, o)
+      beta_centre = -(
+        jnp.where(pair.differ, bar.nonedge, 0.0) + jnp.where(gate_centre, bar.edge, 0.0)
+      )
+      beta_neighbour = -(
+        jnp.where(pair.differ, bar.nonedge, 0.0) + jnp.where(gate_neighbour, bar.edge, 0.0)
+      )
+      g_centre = (
+        alpha[..., None]
+        + jnp.where(centre_onehot, beta_centre[..., None], 0.0)
+        + jnp.where(_at_class(pair.neighbour_cls, num_classes), beta_neighbour[..., None], 0.0)
+      )  # G(k, o)
       as_centre_pos += g_centre * shifter.at(px.padded['pos'], dy, dx)
       as_centre_neg += g_centre * shifter.at(px.padded['neg'], dy, dx)
       alpha_in, beta_centre_in, beta_neighbour_in = (
-          shifter.at(shifter.pad(x, 0.0), -dy, -dx)
-          for x in (alpha, beta_centre, beta_neighbour))  # the pair (k - o, k)'s scalars
+        shifter.at(shifter.pad(x, 0.0), -dy, -dx) for x in (alpha, beta_centre, beta_neighbour)
+      )  # the pair (k - o, k)'s scalars
       centre_cls_in = shifter.at(px.padded['cls'], -dy, -dx)
-      g_neighbour = (alpha_in[..., None]
-                     + jnp.where(_at_class(centre_cls_in, num_classes),
-                                 beta_centre_in[..., None], 0.0)
-                     + jnp.where(centre_onehot, beta_neighbour_in[..., None], 0.0))  # G(k-o, o)
+      g_neighbour = (
+        alpha_in[..., None]
+        + jnp.where(_at_class(centre_cls_in, num_classes), beta_centre_in[..., None], 0.0)
+        + jnp.where(centre_onehot, beta_neighbour_in[..., None], 0.0)
+      )  # G(k-o, o)
       as_neighbour_pos += g_neighbour * (
-          px.log_pos + 1.0 - shifter.at(px.padded['log_pos'], -dy, -dx))
+        px.log_pos + 1.0 - shifter.at(px.padded['log_pos'], -dy, -dx)
+      )
       as_neighbour_neg += g_neighbour * (
-          px.log_neg + 1.0 - shifter.at(px.padded['log_neg'], -dy, -dx))
+        px.log_neg + 1.0 - shifter.at(px.padded['log_neg'], -dy, -dx)
+      )
   d_pos = as_neighbour_pos - as_centre_pos / px.pos
   d_neg = as_neighbour_neg - as_centre_neg / px.neg
   return d_pos * _clip_slope(probs) - d_neg * _clip_slope(1.0 - probs), None
@@ -319,8 +353,9 @@ def _per_class_totals(values, centre_class, num_classes):
   float32 over millions of pixels, and its transpose is a matmul again.
   """
   centre_onehot = _at_class(centre_class, num_classes).astype(jnp.float32)  # [N,H,W,C]
-  return jnp.einsum('knhw,nhwc->kc', jnp.stack(values), centre_onehot,
-                    precision=jax.lax.Precision.HIGHEST)
+  return jnp.einsum(
+    'knhw,nhwc->kc', jnp.stack(values), centre_onehot, precision=jax.lax.Precision.HIGHEST
+  )
 
 
 def _safe_mean(total, count):
@@ -336,11 +371,14 @@ def _check_inputs(probs, labels, num_classes, sizes, sizes_name):
   if len(labels_shape) != 3:
     raise ValueError(f'labels must be [N,H,W] (rank 3), got shape {list(labels_shape)}.')
   if probs_shape[:3] != labels_shape:
-    raise ValueError(f'probs and labels must agree on [N,H,W]: probs {list(probs_shape)}, '
-                     f'labels {list(labels_shape)}.')
+    raise ValueError(
+      f'probs and labels must agree on [N,H,W]: probs {list(probs_shape)}, '
+      f'labels {list(labels_shape)}.'
+    )
   if not jnp.issubdtype(jnp.result_type(probs), jnp.floating):
-    raise ValueError(f'probs must be a floating dtype (float32 or bfloat16), got '
-                     f'{jnp.result_type(probs)}.')
+    raise ValueError(
+      f'probs must be a floating dtype (float32 or bfloat16), got {jnp.result_type(probs)}.'
+    )
   if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
     raise ValueError(f'labels must be an integer dtype, got {jnp.result_type(labels)}.')
   if not isinstance(num_classes, int) or num_classes < 1:
@@ -348,9 +386,7 @@ def _check_inputs(probs, labels, num_classes, sizes, sizes_name):
   if probs_shape[3] != num_classes:
     raise ValueError(f'probs has {probs_shape[3]} channels but num_classes={num_classes}.')
   if not sizes:
-    raise ValueError(f'{sizes_name} must name at least one neighbourhood half-size, got '
-                     f'{sizes!r}.')
+    raise ValueError(f'{sizes_name} must name at least one neighbourhood half-size, got {sizes!r}.')
   for s in sizes:
     if not isinstance(s, int) or isinstance(s, bool) or s < 1:
-      raise ValueError(f'{sizes_name} must hold ints >= 1 (half-sizes of the field), got '
-                       f'{s!r}.')
+      raise ValueError(f'{sizes_name} must hold ints >= 1 (half-sizes of the field), got {s!r}.')

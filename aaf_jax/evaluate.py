@@ -22,16 +22,23 @@ from aaf_jax import sharding
 def check_eval_options(window: int, stride: int, scales, flip: bool) -> None:
   """ValueError naming the `config.eval` field that cannot work."""
   if not isinstance(window, int) or window < 0:
-    raise ValueError(f'config.eval.window={window!r}: expected an integer >= 0 '
-                     '(0 = the whole image at once).')
+    raise ValueError(
+      f'config.eval.window={window!r}: expected an integer >= 0 (0 = the whole image at once).'
+    )
   if window > 0 and not (isinstance(stride, int) and 0 < stride <= window):
-    raise ValueError(f'config.eval.stride={stride!r}: with config.eval.window={window} '
-                     f'expected an integer in 1..{window}.')
+    raise ValueError(
+      f'config.eval.stride={stride!r}: with config.eval.window={window} '
+      f'expected an integer in 1..{window}.'
+    )
   scales = tuple(scales) if isinstance(scales, (tuple, list)) else scales
-  if (not isinstance(scales, tuple) or not scales
-      or not all(isinstance(s, (int, float)) and s > 0 for s in scales)):
-    raise ValueError(f'config.eval.scales={scales!r}: expected a non-empty tuple of positive '
-                     'numbers, e.g. (1.0,).')
+  if (
+    not isinstance(scales, tuple)
+    or not scales
+    or not all(isinstance(s, (int, float)) and s > 0 for s in scales)
+  ):
+    raise ValueError(
+      f'config.eval.scales={scales!r}: expected a non-empty tuple of positive numbers, e.g. (1.0,).'
+    )
   if not isinstance(flip, bool):
     raise ValueError(f'config.eval.flip={flip!r}: expected True or False.')
 
@@ -51,8 +58,9 @@ def _resize(x, height: int, width: int):
   """Bilinear resize of [N,h,w,K] to [N,height,width,K], without antialiasing (as TF's)."""
   if x.shape[1:3] == (height, width):
     return x
-  return jax.image.resize(x, (x.shape[0], height, width, x.shape[3]), method='linear',
-                          antialias=False)
+  return jax.image.resize(
+    x, (x.shape[0], height, width, x.shape[3]), method='linear', antialias=False
+  )
 
 
 def _window_probs(apply_fn, images):
@@ -69,11 +77,17 @@ def _sliding_probs(apply_fn, images, num_classes: int, window: int, stride: int)
   n, height, width, channels = images.shape
   canvas_h, canvas_w = max(height, window), max(width, window)
   images = jnp.pad(images, ((0, 0), (0, canvas_h - height), (0, canvas_w - width), (0, 0)))
-  offsets = np.array([(y, x) for y in window_starts(height, window, stride)
-                      for x in window_starts(width, window, stride)], np.int32)
+  offsets = np.array(
+    [
+      (y, x)
+      for y in window_starts(height, window, stride)
+      for x in window_starts(width, window, stride)
+    ],
+    np.int32,
+  )
   coverage = np.zeros((canvas_h, canvas_w), np.float32)
   for y, x in offsets:
-    coverage[y:y + window, x:x + window] += 1
+    coverage[y : y + window, x : x + window] += 1
 
   def add_window(total, offset):
     corner = (0, offset[0], offset[1], 0)
@@ -82,13 +96,22 @@ def _sliding_probs(apply_fn, images, num_classes: int, window: int, stride: int)
     current = jax.lax.dynamic_slice(total, corner, probs.shape)
     return jax.lax.dynamic_update_slice(total, current + probs, corner), None
 
-  total, _ = jax.lax.scan(add_window, jnp.zeros((n, canvas_h, canvas_w, num_classes)),
-                          jnp.asarray(offsets))
+  total, _ = jax.lax.scan(
+    add_window, jnp.zeros((n, canvas_h, canvas_w, num_classes)), jnp.asarray(offsets)
+  )
   return (total / coverage[:, :, None])[:, :height, :width]
 
 
-def predict_probs(apply_fn, images, num_classes: int, *, window: int = 0, stride: int = 0,
-                  scales=(1.0,), flip: bool = False):
+def predict_probs(
+  apply_fn,
+  images,
+  num_classes: int,
+  *,
+  window: int = 0,
+  stride: int = 0,
+  scales=(1.0,),
+  flip: bool = False,
+):
   """Class probabilities [N,H,W,C] of images [N,H,W,3], summed over scales and flips.
 
   Per scale (image resized to round(scale*H) x round(scale*W)): softmax probabilities of the
@@ -103,9 +126,13 @@ def predict_probs(apply_fn, images, num_classes: int, *, window: int = 0, stride
     scaled = _resize(images, max(1, round(scale * height)), max(1, round(scale * width)))
     if flip:  # an example's views sit side by side, so the batch sharding keeps them local
       scaled = jnp.stack([scaled, scaled[:, :, ::-1]], axis=1).reshape(
-          (n * views,) + scaled.shape[1:])
-    probs = (_sliding_probs(apply_fn, scaled, num_classes, window, stride) if window
-             else _window_probs(apply_fn, scaled))
+        (n * views,) + scaled.shape[1:]
+      )
+    probs = (
+      _sliding_probs(apply_fn, scaled, num_classes, window, stride)
+      if window
+      else _window_probs(apply_fn, scaled)
+    )
     probs = _resize(probs, height, width).reshape(n, views, height, width, num_classes)
     total = total + probs[:, 0]
     if flip:
@@ -113,8 +140,9 @@ def predict_probs(apply_fn, images, num_classes: int, *, window: int = 0, stride
   return total
 
 
-def make_eval_step(model, num_classes: int, *, window: int = 0, stride: int = 0,
-                   scales=(1.0,), flip: bool = False):
+def make_eval_step(
+  model, num_classes: int, *, window: int = 0, stride: int = 0, scales=(1.0,), flip: bool = False
+):
   """(variables, batch) -> (confusion [C,C] int32, predictions [N,H,W] int32).
 
   Predictions are the argmax of `predict_probs` (the defaults: the whole image at scale 1,
@@ -127,21 +155,25 @@ def make_eval_step(model, num_classes: int, *, window: int = 0, stride: int = 0,
   def eval_step(variables, batch):
     images, labels = batch['image'], batch['label']
     apply_fn = lambda x: model.apply(variables, x, train=False)['logits']
-    probs = predict_probs(apply_fn, images, num_classes, window=window, stride=stride,
-                          scales=scales, flip=flip)
+    probs = predict_probs(
+      apply_fn, images, num_classes, window=window, stride=stride, scales=scales, flip=flip
+    )
     preds = jnp.argmax(probs, axis=-1).astype(jnp.int32)
     counted = (labels >= 0) & (labels < num_classes) & batch['valid'][:, None, None]
     index = jnp.where(counted, labels * num_classes + preds, num_classes * num_classes)
     confusion = jnp.bincount(index.reshape(-1), length=num_classes * num_classes + 1)
     return confusion[:-1].reshape(num_classes, num_classes).astype(jnp.int32), preds
+
   return eval_step
 
 
 def jit_eval_step(model, num_classes: int, mesh, variables_sharding, **options):
   """The jitted eval step over the mesh; `options` are make_eval_step's (config.eval)."""
-  return jax.jit(make_eval_step(model, num_classes, **options),
-                 in_shardings=(variables_sharding, sharding.batch_sharding(mesh)),
-                 out_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)))
+  return jax.jit(
+    make_eval_step(model, num_classes, **options),
+    in_shardings=(variables_sharding, sharding.batch_sharding(mesh)),
+    out_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+  )
 
 
 def scores(confusion: np.ndarray, class_names) -> dict:
@@ -157,15 +189,15 @@ def scores(confusion: np.ndarray, class_names) -> dict:
     iou = np.where(union > 0, true_pos / union, np.nan)
   total = confusion.sum()
   return {
-      'miou': float(np.nanmean(iou)) if np.any(union > 0) else 0.0,
-      'pixel_acc': float(true_pos.sum() / total) if total > 0 else 0.0,
-      'per_class_iou': {name: (None if np.isnan(v) else float(v))
-                        for name, v in zip(class_names, iou)},
+    'miou': float(np.nanmean(iou)) if np.any(union > 0) else 0.0,
+    'pixel_acc': float(true_pos.sum() / total) if total > 0 else 0.0,
+    'per_class_iou': {
+      name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)
+    },
   }
 
 
-def run_evaluation(eval_step, variables, batches, mesh, num_classes: int,
-                   num_keep: int = 0):
+def run_evaluation(eval_step, variables, batches, mesh, num_classes: int, num_keep: int = 0):
   """Accumulate the confusion matrix over every batch; keep the first `num_keep` examples.
 
   Each batch's matrix is fetched after the next batch is dispatched, so the host never waits
@@ -182,7 +214,7 @@ def run_evaluation(eval_step, variables, batches, mesh, num_classes: int,
     if len(kept) < num_keep:
       shards = sorted(preds.addressable_shards, key=lambda s: s.index[0].start or 0)
       local_preds = np.concatenate([np.asarray(s.data) for s in shards])
-      for i in np.flatnonzero(local['valid'])[:num_keep - len(kept)]:
+      for i in np.flatnonzero(local['valid'])[: num_keep - len(kept)]:
         kept.append((local['image'][i], local['label'][i], local_preds[i]))
   if previous is not None:
     confusion += np.asarray(jax.device_get(previous), np.int64)

@@ -21,12 +21,14 @@ GROUPS = ('backbone', 'head', 'aaf')
 
 def poly_schedule(base_lr: float, num_steps: int, power: float):
   """lr(t) = base_lr * (1 - t / num_steps) ** power, the recipe's poly policy."""
-  return optax.polynomial_schedule(init_value=base_lr, end_value=0.0, power=power,
-                                   transition_steps=num_steps)
+  return optax.polynomial_schedule(
+    init_value=base_lr, end_value=0.0, power=power, transition_steps=num_steps
+  )
 
 
 def param_labels(params):
   """The group label of every leaf of `{'model': ..., 'aaf': ...}` (see module docstring)."""
+
   def label(path, _):
     top = path[0].key
     if top == 'aaf':
@@ -34,13 +36,16 @@ def param_labels(params):
     if top != 'model':
       raise ValueError(f'Unexpected top-level parameter subtree {top!r}; expected model/aaf.')
     return 'head' if path[1].key in HEAD_SUBTREES else 'backbone'
+
   return jax.tree_util.tree_map_with_path(label, params)
 
 
 def decay_mask(params):
   """True on conv kernels (4-D leaves named `kernel`): the recipe decays only those."""
+
   def is_conv_kernel(path, leaf):
     return path[-1].key == 'kernel' and jnp.ndim(leaf) == 4
+
   return jax.tree_util.tree_map_with_path(is_conv_kernel, params)
 
 
@@ -53,12 +58,14 @@ def make_optimizer(opt_cfg, num_steps: int) -> optax.GradientTransformation:
 
   def descent(lr_mult):
     return optax.chain(
-        optax.masked(optax.add_decayed_weights(opt_cfg.weight_decay), decay_mask),
-        optax.trace(decay=opt_cfg.momentum),
-        optax.scale_by_learning_rate(lambda step: lr_mult * schedule(step)))
+      optax.masked(optax.add_decayed_weights(opt_cfg.weight_decay), decay_mask),
+      optax.trace(decay=opt_cfg.momentum),
+      optax.scale_by_learning_rate(lambda step: lr_mult * schedule(step)),
+    )
 
-  ascent = optax.chain(optax.trace(decay=opt_cfg.momentum),
-                       optax.scale_by_learning_rate(schedule, flip_sign=False))
+  ascent = optax.chain(
+    optax.trace(decay=opt_cfg.momentum), optax.scale_by_learning_rate(schedule, flip_sign=False)
+  )
   return optax.partition(
-      {'backbone': descent(1.0), 'head': descent(opt_cfg.head_lr_mult), 'aaf': ascent},
-      param_labels)
+    {'backbone': descent(1.0), 'head': descent(opt_cfg.head_lr_mult), 'aaf': ascent}, param_labels
+  )

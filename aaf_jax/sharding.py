@@ -32,12 +32,15 @@ def check_batch_size(global_batch_size: int, mesh: Mesh, name: str = 'batch_size
   devices, processes = mesh.devices.size, jax.process_count()
   if global_batch_size <= 0 or global_batch_size % devices or global_batch_size % processes:
     raise ValueError(
-        f'config.{name}={global_batch_size} must be a positive multiple of the device count '
-        f'({devices}) and of the process count ({processes}).')
+      f'config.{name}={global_batch_size} must be a positive multiple of the device count '
+      f'({devices}) and of the process count ({processes}).'
+    )
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
   """Assemble every process's local piece into one global array per key, split on `data`."""
   sharding = batch_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
-          for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }

@@ -46,18 +46,29 @@ def validate_config(config) -> None:
   if kind not in LOSS_KINDS:
     raise ValueError(f'config.loss.kind={kind!r} is unknown; expected one of {LOSS_KINDS}.')
   if kind == 'affinity' and len(config.loss.sizes) != 1:
-    raise ValueError(f'config.loss.sizes={tuple(config.loss.sizes)}: the fixed-size '
-                     "affinity loss takes exactly one size (use kind 'aaf' for several).")
+    raise ValueError(
+      f'config.loss.sizes={tuple(config.loss.sizes)}: the fixed-size '
+      "affinity loss takes exactly one size (use kind 'aaf' for several)."
+    )
   if config.compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(f'config.compute_dtype={config.compute_dtype!r}; expected one of '
-                     f'{sorted(COMPUTE_DTYPES)}.')
-  for field in ('num_train_steps', 'batch_size', 'grad_accum_steps', 'log_every_steps',
-                'checkpoint_every_steps', 'keep_checkpoints'):
+    raise ValueError(
+      f'config.compute_dtype={config.compute_dtype!r}; expected one of {sorted(COMPUTE_DTYPES)}.'
+    )
+  for field in (
+    'num_train_steps',
+    'batch_size',
+    'grad_accum_steps',
+    'log_every_steps',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+  ):
     if not isinstance(config[field], int) or config[field] < 1:
       raise ValueError(f'config.{field}={config[field]!r}: expected an integer >= 1.')
   if config.batch_size % config.grad_accum_steps:
-    raise ValueError(f'config.batch_size={config.batch_size} must be a multiple of '
-                     f'config.grad_accum_steps={config.grad_accum_steps}.')
+    raise ValueError(
+      f'config.batch_size={config.batch_size} must be a multiple of '
+      f'config.grad_accum_steps={config.grad_accum_steps}.'
+    )
 
 
 def shrink_labels(labels, height: int, width: int):
@@ -89,28 +100,41 @@ def make_loss_fn(model, config, num_classes: int):
 
   def loss_fn(params, batch_stats, images, labels, step, rng):
     outputs, updates = model.apply(
-        {'params': params['model'], 'batch_stats': batch_stats}, images, train=True,
-        mutable=['batch_stats'], rngs={'dropout': rng})
+      {'params': params['model'], 'batch_stats': batch_stats},
+      images,
+      train=True,
+      mutable=['batch_stats'],
+      rngs={'dropout': rng},
+    )
     logits = outputs['logits'].astype(jnp.float32)  # [N,h,w,C]
     ce, pixel_acc, small_labels = cross_entropy(logits, labels, num_classes)
     total = ce
     if 'aux_logits' in outputs and aux_weight > 0:
-      total += aux_weight * cross_entropy(outputs['aux_logits'].astype(jnp.float32), labels,
-                                          num_classes)[0]
+      total += (
+        aux_weight
+        * cross_entropy(outputs['aux_logits'].astype(jnp.float32), labels, num_classes)[0]
+      )
     edge = nonedge = jnp.zeros(())
     if loss_cfg.kind != 'ce':
       probs = jax.nn.softmax(logits, axis=-1)
       if loss_cfg.kind == 'affinity':
-        edge, nonedge = affinity.affinity_loss(probs, small_labels, num_classes=num_classes,
-                                               size=sizes[0], margin=loss_cfg.margin)
+        edge, nonedge = affinity.affinity_loss(
+          probs, small_labels, num_classes=num_classes, size=sizes[0], margin=loss_cfg.margin
+        )
       else:
         edges, nonedges = affinity.adaptive_affinity_loss(
-            probs, small_labels, num_classes=num_classes, sizes=sizes,
-            margin=loss_cfg.margin, edge_logits=params['aaf']['edge_logits'],
-            nonedge_logits=params['aaf']['nonedge_logits'])
+          probs,
+          small_labels,
+          num_classes=num_classes,
+          sizes=sizes,
+          margin=loss_cfg.margin,
+          edge_logits=params['aaf']['edge_logits'],
+          nonedge_logits=params['aaf']['nonedge_logits'],
+        )
         edge, nonedge = jnp.sum(edges), jnp.sum(nonedges)
-      scale = (affinity.loss_decay(step, config.num_train_steps) if loss_cfg.decay
-               else jnp.float32(1.0))
+      scale = (
+        affinity.loss_decay(step, config.num_train_steps) if loss_cfg.decay else jnp.float32(1.0)
+      )
       total += scale * (loss_cfg.lambda_edge * edge + loss_cfg.lambda_nonedge * nonedge)
     terms = dict(ce=ce, edge=edge, nonedge=nonedge, pixel_acc=pixel_acc)
     return total, (terms, updates['batch_stats'])
@@ -126,8 +150,9 @@ def make_train_step(model, tx, config, num_classes: int):
   BatchNorm statistics updated sequentially.
   """
   grad_fn = jax.value_and_grad(make_loss_fn(model, config, num_classes), has_aux=True)
-  schedule = optim.poly_schedule(config.optimizer.learning_rate, config.num_train_steps,
-                                 config.optimizer.poly_power)
+  schedule = optim.poly_schedule(
+    config.optimizer.learning_rate, config.num_train_steps, config.optimizer.poly_power
+  )
   base_rng = jax.random.key(config.seed)
   accum = config.grad_accum_steps
 
@@ -135,32 +160,43 @@ def make_train_step(model, tx, config, num_classes: int):
     rng = jax.random.fold_in(base_rng, state.step)
     if accum == 1:
       (loss, (terms, batch_stats)), grads = grad_fn(
-          state.params, state.batch_stats, batch['image'], batch['label'], state.step, rng)
+        state.params, state.batch_stats, batch['image'], batch['label'], state.step, rng
+      )
     else:
       micro = jax.tree.map(
-          lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1),
-          batch)
+        lambda x: jnp.swapaxes(x.reshape(x.shape[0] // accum, accum, *x.shape[1:]), 0, 1), batch
+      )
 
       def body(carry, inputs):
         batch_stats, grad_sum = carry
         index, micro_batch = inputs
         (loss, (terms, batch_stats)), grads = grad_fn(
-            state.params, batch_stats, micro_batch['image'], micro_batch['label'], state.step,
-            jax.random.fold_in(rng, index))
+          state.params,
+          batch_stats,
+          micro_batch['image'],
+          micro_batch['label'],
+          state.step,
+          jax.random.fold_in(rng, index),
+        )
         return (batch_stats, jax.tree.map(jnp.add, grad_sum, grads)), (loss, terms)
 
       zeros = jax.tree.map(jnp.zeros_like, state.params)
       (batch_stats, grad_sum), (losses, terms) = jax.lax.scan(
-          body, (state.batch_stats, zeros), (jnp.arange(accum), micro))
+        body, (state.batch_stats, zeros), (jnp.arange(accum), micro)
+      )
       grads = jax.tree.map(lambda g: g / accum, grad_sum)
       loss, terms = jnp.mean(losses), jax.tree.map(jnp.mean, terms)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_state = state.replace(step=state.step + 1,
-                              params=optax.apply_updates(state.params, updates),
-                              batch_stats=batch_stats, opt_state=opt_state)
+    new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+    )
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     step_metrics = TrainMetrics.single_from_model_output(
-        loss=loss, learning_rate=schedule(state.step), **terms)
+      loss=loss, learning_rate=schedule(state.step), **terms
+    )
     return new_state, step_metrics, finite
 
   return train_step
@@ -168,14 +204,20 @@ def make_train_step(model, tx, config, num_classes: int):
 
 def init_state_fn(model, tx, config, num_classes: int, crop: int):
   """rng -> TrainState: network variables, zero AAF tables (spec item 8), optimizer state."""
+
   def init(rng):
-    variables = model.init({'params': rng, 'dropout': rng},
-                           jnp.zeros((1, crop, crop, 3), jnp.float32), train=False)
+    variables = model.init(
+      {'params': rng, 'dropout': rng}, jnp.zeros((1, crop, crop, 3), jnp.float32), train=False
+    )
     params = {'model': variables['params']}
     if config.loss.kind == 'aaf':
       table = jnp.zeros((num_classes, len(config.loss.sizes)), jnp.float32)
       params['aaf'] = {'edge_logits': table, 'nonedge_logits': table}
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get('batch_stats', {}),
-                      opt_state=tx.init(params))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats=variables.get('batch_stats', {}),
+      opt_state=tx.init(params),
+    )
+
   return init

@@ -19,16 +19,23 @@ from clu import metric_writers, periodic_actions
 
 from aaf_jax import evaluate, models, optim, sharding, viz
 from aaf_jax.data import pipeline
-from aaf_jax.step import (COMPUTE_DTYPES, init_state_fn, make_train_step,
-                          validate_config)
+from aaf_jax.step import COMPUTE_DTYPES, init_state_fn, make_train_step, validate_config
 
 
 def checkpoint_signature(config, num_classes: int) -> dict:
   """What a checkpoint must agree on to be resumed with this config."""
-  model = {k: list(v) if isinstance(v, tuple) else v
-           for k, v in config.model.to_dict().items() if k not in models.TRAINER_FIELDS}
-  return {'model': model, 'num_classes': num_classes, 'loss_kind': config.loss.kind,
-          'loss_sizes': list(config.loss.sizes), 'dataset': config.data.name}
+  model = {
+    k: list(v) if isinstance(v, tuple) else v
+    for k, v in config.model.to_dict().items()
+    if k not in models.TRAINER_FIELDS
+  }
+  return {
+    'model': model,
+    'num_classes': num_classes,
+    'loss_kind': config.loss.kind,
+    'loss_sizes': list(config.loss.sizes),
+    'dataset': config.data.name,
+  }
 
 
 def check_signature(saved: dict, expected: dict, where: str, ignore=()) -> None:
@@ -43,20 +50,25 @@ def check_signature(saved: dict, expected: dict, where: str, ignore=()) -> None:
     elif saved.get(key) != expected.get(key):
       differences.append(f'{key}: checkpoint {saved.get(key)!r}, config {expected.get(key)!r}')
   if differences:
-    raise ValueError(f'{where} holds a checkpoint of a different model or config; use another '
-                     'workdir or the matching config. Differences: ' + '; '.join(differences))
+    raise ValueError(
+      f'{where} holds a checkpoint of a different model or config; use another '
+      'workdir or the matching config. Differences: ' + '; '.join(differences)
+    )
 
 
 def checkpoint_manager(workdir: str, keep: int) -> ocp.CheckpointManager:
   options = ocp.CheckpointManagerOptions(
-      preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                               options=options)
+    preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=True
+  )
+  return ocp.CheckpointManager(
+    os.path.join(os.path.abspath(workdir), 'checkpoints'), options=options
+  )
 
 
 def _abstract_with_shardings(abstract, shardings):
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings)
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+  )
 
 
 def restore_or_init(config, manager, init, state_sharding, signature, rng, ignore=()):
@@ -69,8 +81,12 @@ def restore_or_init(config, manager, init, state_sharding, signature, rng, ignor
   if step is not None:
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
     check_signature(meta, signature, f'workdir {manager.directory}', ignore)
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()
+      ),
+    )
     logging.info('Resumed from %s at step %d.', manager.directory, step)
     return restored['state'], restored['data']
   state = jax.jit(init, out_shardings=state_sharding)(rng)
@@ -78,19 +94,26 @@ def restore_or_init(config, manager, init, state_sharding, signature, rng, ignor
     state = _from_init_checkpoint(config.init_checkpoint, state, state_sharding, signature)
   elif config.model.get('pretrained'):
     from aaf_jax import weights  # only runs that import weights need its dependencies
-    variables = weights.load_backbone(os.path.expanduser(config.model.pretrained), {
-        'params': state.params['model'], 'batch_stats': state.batch_stats},
-        layout=config.model.layout)
-    state = jax.device_put(state.replace(
-        params={**state.params, 'model': variables['params']},
-        batch_stats=variables['batch_stats']), state_sharding)
+
+    variables = weights.load_backbone(
+      os.path.expanduser(config.model.pretrained),
+      {'params': state.params['model'], 'batch_stats': state.batch_stats},
+      layout=config.model.layout,
+    )
+    state = jax.device_put(
+      state.replace(
+        params={**state.params, 'model': variables['params']}, batch_stats=variables['batch_stats']
+      ),
+      state_sharding,
+    )
   return state, None
 
 
 def _from_init_checkpoint(path, state, state_sharding, signature):
   """Network weights and BN statistics from another run; everything else stays fresh."""
-  directory = os.path.join(path, 'checkpoints') if os.path.isdir(
-      os.path.join(path, 'checkpoints')) else path
+  directory = (
+    os.path.join(path, 'checkpoints') if os.path.isdir(os.path.join(path, 'checkpoints')) else path
+  )
   if not os.path.isdir(directory):
     raise FileNotFoundError(f'config.init_checkpoint={path!r}: no checkpoint directory there.')
   with ocp.CheckpointManager(directory) as source:
@@ -99,16 +122,23 @@ def _from_init_checkpoint(path, state, state_sharding, signature):
       raise FileNotFoundError(f'config.init_checkpoint={path!r}: no checkpoint in {directory}.')
     meta = source.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
     ignore = ('loss_kind', 'loss_sizes')  # a CE run may initialise an AAF run
-    check_signature({k: v for k, v in meta.items() if k not in ignore},
-                    {k: v for k, v in signature.items() if k not in ignore},
-                    f'config.init_checkpoint={path!r}')
+    check_signature(
+      {k: v for k, v in meta.items() if k not in ignore},
+      {k: v for k, v in signature.items() if k not in ignore},
+      f'config.init_checkpoint={path!r}',
+    )
     target = {'params': {'model': state.params['model']}, 'batch_stats': state.batch_stats}
-    restored = source.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=target, partial_restore=True)))['state']
+    restored = source.restore(
+      step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(item=target, partial_restore=True))
+    )['state']
   logging.info('Initialised the network from %s (step %d).', directory, step)
-  return jax.device_put(state.replace(
+  return jax.device_put(
+    state.replace(
       params={**state.params, 'model': restored['params']['model']},
-      batch_stats=restored['batch_stats']), state_sharding)
+      batch_stats=restored['batch_stats'],
+    ),
+    state_sharding,
+  )
 
 
 def field_size_weights(params, class_names, sizes) -> dict:
@@ -131,12 +161,14 @@ def _setup(config):
   if config.eval.window:
     models.check_input_size(config.model, config.eval.window, config.eval.window)
   info = pipeline.dataset_info(config.data)
-  model = models.build_model(config.model, num_classes=info.num_classes,
-                             dtype=COMPUTE_DTYPES[config.compute_dtype])
+  model = models.build_model(
+    config.model, num_classes=info.num_classes, dtype=COMPUTE_DTYPES[config.compute_dtype]
+  )
   tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
   init = init_state_fn(model, tx, config, info.num_classes, config.data.crop_size)
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh),
-                                jax.eval_shape(init, jax.random.key(config.seed)))
+  state_sharding = jax.tree.map(
+    lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.key(config.seed))
+  )
   return mesh, info, model, tx, init, state_sharding
 
 
@@ -144,14 +176,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train per `config`, checkpointing into `workdir`, then evaluate; returns results.json."""
   pretrained = config.model.get('pretrained')
   if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
-    raise FileNotFoundError(f'config.model.pretrained={pretrained!r}: no such file. Import the '
-                            'ImageNet backbone with `python -m aaf_jax.weights` first, or set '
-                            "it to '' to train from scratch.")
+    raise FileNotFoundError(
+      f'config.model.pretrained={pretrained!r}: no such file. Import the '
+      'ImageNet backbone with `python -m aaf_jax.weights` first, or set '
+      "it to '' to train from scratch."
+    )
   mesh, info, model, tx, init, state_sharding = _setup(config)
   num_classes = info.num_classes
   if (config.batch_size // mesh.devices.size) % config.grad_accum_steps:
-    raise ValueError(f'config.grad_accum_steps={config.grad_accum_steps} must divide the '
-                     f'per-device batch ({config.batch_size // mesh.devices.size}).')
+    raise ValueError(
+      f'config.grad_accum_steps={config.grad_accum_steps} must divide the '
+      f'per-device batch ({config.batch_size // mesh.devices.size}).'
+    )
   rng = jax.random.key(config.seed)
   signature = checkpoint_signature(config, num_classes)
 
@@ -159,25 +195,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   manager = checkpoint_manager(workdir, config.keep_checkpoints)
   state, data_state = restore_or_init(config, manager, init, state_sharding, signature, rng)
   train_iter = pipeline.make_train_iterator(
-      config.data, global_batch_size=config.batch_size, seed=config.seed,
-      process_index=jax.process_index(), process_count=jax.process_count())
+    config.data,
+    global_batch_size=config.batch_size,
+    seed=config.seed,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   if data_state is not None:
     train_iter.set_state(data_state)
 
   train_step = jax.jit(
-      make_train_step(model, tx, config, num_classes),
-      in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
-      out_shardings=(state_sharding, sharding.replicated(mesh), sharding.replicated(mesh)),
-      donate_argnums=0)
+    make_train_step(model, tx, config, num_classes),
+    in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+    out_shardings=(state_sharding, sharding.replicated(mesh), sharding.replicated(mesh)),
+    donate_argnums=0,
+  )
   eval_step = evaluate.jit_eval_step(
-      model, num_classes, mesh, {'params': state_sharding.params['model'],
-                                 'batch_stats': state_sharding.batch_stats},
-      window=config.eval.window, stride=config.eval.stride, scales=config.eval.scales,
-      flip=config.eval.flip)
+    model,
+    num_classes,
+    mesh,
+    {'params': state_sharding.params['model'], 'batch_stats': state_sharding.batch_stats},
+    window=config.eval.window,
+    stride=config.eval.stride,
+    scales=config.eval.scales,
+    flip=config.eval.flip,
+  )
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps,
-                                             writer=writer)
+  progress = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, writer=writer)
 
   snapshot = []  # the state being written, kept alive until its async save has finished
 
@@ -186,26 +231,49 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # the very buffers the donation hands back to XLA. The copy must outlive the save too.
     manager.wait_until_finished()
     snapshot[:] = [jax.tree.map(lambda x: x.copy(), state)]
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(snapshot[0]), data=ocp.args.JsonSave(train_iter.get_state()),
-        meta=ocp.args.JsonSave(signature)))
+    manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(snapshot[0]),
+        data=ocp.args.JsonSave(train_iter.get_state()),
+        meta=ocp.args.JsonSave(signature),
+      ),
+    )
 
   def run_eval(step):
     variables = {'params': state.params['model'], 'batch_stats': state.batch_stats}
     batches = pipeline.make_eval_iterator(
-        config.data, split=config.data.eval_split, global_batch_size=config.eval_batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count())
-    confusion, examples = evaluate.run_evaluation(eval_step, variables, batches, mesh,
-                                                  num_classes, config.num_summary_images)
+      config.data,
+      split=config.data.eval_split,
+      global_batch_size=config.eval_batch_size,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+    )
+    confusion, examples = evaluate.run_evaluation(
+      eval_step, variables, batches, mesh, num_classes, config.num_summary_images
+    )
     results = evaluate.scores(confusion, info.class_names)
-    writer.write_scalars(step, {'eval/miou': results['miou'],
-                                'eval/pixel_acc': results['pixel_acc']})
+    writer.write_scalars(
+      step, {'eval/miou': results['miou'], 'eval/pixel_acc': results['pixel_acc']}
+    )
     if examples:
-      writer.write_images(step, {'eval/input_truth_prediction': np.stack([
-          viz.side_by_side(img, lab, pred, config.data.mean, num_classes)
-          for img, lab, pred in examples])})
-    logging.info('Evaluation at step %d on %s:\n%s', step, config.data.eval_split,
-                 evaluate.format_table(results))
+      writer.write_images(
+        step,
+        {
+          'eval/input_truth_prediction': np.stack(
+            [
+              viz.side_by_side(img, lab, pred, config.data.mean, num_classes)
+              for img, lab, pred in examples
+            ]
+          )
+        },
+      )
+    logging.info(
+      'Evaluation at step %d on %s:\n%s',
+      step,
+      config.data.eval_split,
+      evaluate.format_table(results),
+    )
     return results
 
   start = int(jax.device_get(state.step))
@@ -220,18 +288,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         if pending is not None:  # the previous step's flag: it is ready, this step is queued
           _raise_if_not_finite(*pending)
         pending = (step, finite)
-        train_metrics = (step_metrics if train_metrics is None
-                         else train_metrics.merge(step_metrics))
+        train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
         progress(step)
         if step % config.log_every_steps == 0 or step == config.num_train_steps:
-          writer.write_scalars(step, {f'train/{k}': v
-                                      for k, v in train_metrics.compute().items()})
+          writer.write_scalars(step, {f'train/{k}': v for k, v in train_metrics.compute().items()})
           train_metrics = None
         if step % config.checkpoint_every_steps == 0 or step == config.num_train_steps:
           _raise_if_not_finite(*pending)  # never write a broken state
           save(step)
-        if (config.eval_every_steps and step % config.eval_every_steps == 0
-            and step != config.num_train_steps):
+        if (
+          config.eval_every_steps
+          and step % config.eval_every_steps == 0
+          and step != config.num_train_steps
+        ):
           run_eval(step)
       if pending is not None:
         _raise_if_not_finite(*pending)
@@ -243,16 +312,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   results['step'] = config.num_train_steps
   if config.loss.kind == 'aaf':
-    results['field_size_weights'] = field_size_weights(state.params, info.class_names,
-                                                       config.loss.sizes)
+    results['field_size_weights'] = field_size_weights(
+      state.params, info.class_names, config.loss.sizes
+    )
   if jax.process_index() == 0:
     evaluate.write_json_atomically(os.path.join(workdir, 'results.json'), results)
     if config.loss.kind == 'aaf':
       weights = results['field_size_weights']
-      viz.plot_field_sizes(os.path.join(workdir, 'field_sizes.png'), info.class_names,
-                           config.loss.sizes,
-                           [weights['edge'][c] for c in info.class_names],
-                           [weights['nonedge'][c] for c in info.class_names])
+      viz.plot_field_sizes(
+        os.path.join(workdir, 'field_sizes.png'),
+        info.class_names,
+        config.loss.sizes,
+        [weights['edge'][c] for c in info.class_names],
+        [weights['nonedge'][c] for c in info.class_names],
+      )
   writer.flush()
   return results
 
@@ -265,29 +338,54 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     if manager.latest_step() is None:
       raise FileNotFoundError(f'--mode=eval: no checkpoint in {manager.directory}.')
     # Another dataset with the same classes is fine: that is how GTA5 tests a Cityscapes model.
-    state, _ = restore_or_init(config, manager, init, state_sharding,
-                               checkpoint_signature(config, info.num_classes), rng,
-                               ignore=('dataset',))
+    state, _ = restore_or_init(
+      config,
+      manager,
+      init,
+      state_sharding,
+      checkpoint_signature(config, info.num_classes),
+      rng,
+      ignore=('dataset',),
+    )
   eval_step = evaluate.jit_eval_step(
-      model, info.num_classes, mesh, {'params': state_sharding.params['model'],
-                                      'batch_stats': state_sharding.batch_stats},
-      window=config.eval.window, stride=config.eval.stride, scales=config.eval.scales,
-      flip=config.eval.flip)
+    model,
+    info.num_classes,
+    mesh,
+    {'params': state_sharding.params['model'], 'batch_stats': state_sharding.batch_stats},
+    window=config.eval.window,
+    stride=config.eval.stride,
+    scales=config.eval.scales,
+    flip=config.eval.flip,
+  )
   batches = pipeline.make_eval_iterator(
-      config.data, split=config.data.eval_split, global_batch_size=config.eval_batch_size,
-      process_index=jax.process_index(), process_count=jax.process_count())
+    config.data,
+    split=config.data.eval_split,
+    global_batch_size=config.eval_batch_size,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+  )
   with jax.set_mesh(mesh):
     confusion, _ = evaluate.run_evaluation(
-        eval_step, {'params': state.params['model'], 'batch_stats': state.batch_stats},
-        batches, mesh, info.num_classes)
+      eval_step,
+      {'params': state.params['model'], 'batch_stats': state.batch_stats},
+      batches,
+      mesh,
+      info.num_classes,
+    )
   results = evaluate.scores(confusion, info.class_names)
   results['step'] = int(jax.device_get(state.step))
-  logging.info('Evaluation of step %d on %s:\n%s', results['step'], config.data.eval_split,
-               evaluate.format_table(results))
+  logging.info(
+    'Evaluation of step %d on %s:\n%s',
+    results['step'],
+    config.data.eval_split,
+    evaluate.format_table(results),
+  )
   return results
 
 
 def _raise_if_not_finite(step, finite):
   if not bool(jax.device_get(finite)):
-    raise FloatingPointError(f'Non-finite loss or gradient at step {step}; stopping without '
-                             'writing a checkpoint of that state.')
+    raise FloatingPointError(
+      f'Non-finite loss or gradient at step {step}; stopping without '
+      'writing a checkpoint of that state.'
+    )

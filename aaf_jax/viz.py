@@ -30,8 +30,9 @@ def colourise(labels: np.ndarray, num_classes: int) -> np.ndarray:
   return out
 
 
-def side_by_side(image: np.ndarray, label: np.ndarray, pred: np.ndarray, mean,
-                 num_classes: int) -> np.ndarray:
+def side_by_side(
+  image: np.ndarray, label: np.ndarray, pred: np.ndarray, mean, num_classes: int
+) -> np.ndarray:
   """input | ground truth | prediction as one [H, 3W, 3] uint8 image."""
   rgb = np.clip(np.asarray(image) + np.asarray(mean, np.float32), 0, 255).astype(np.uint8)
   return np.concatenate([rgb, colourise(label, num_classes), colourise(pred, num_classes)], 1)
@@ -40,14 +41,16 @@ def side_by_side(image: np.ndarray, label: np.ndarray, pred: np.ndarray, mean,
 def plot_field_sizes(path: str, class_names, sizes, edge_weights, nonedge_weights) -> None:
   """The paper's "learned kernel sizes per class" figure: stacked bars of softmax weights."""
   import matplotlib
+
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.6 * len(class_names) + 3) * 2, 4),
-                           sharey=True)
+  fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.6 * len(class_names) + 3) * 2, 4), sharey=True)
   x = np.arange(len(class_names))
-  for ax, weights, title in ((axes[0], edge_weights, 'edge'),
-                             (axes[1], nonedge_weights, 'non-edge')):
+  for ax, weights, title in (
+    (axes[0], edge_weights, 'edge'),
+    (axes[1], nonedge_weights, 'non-edge'),
+  ):
     weights = np.asarray(weights)  # [C,K]
     bottom = np.zeros(len(class_names))
     for k, size in enumerate(sizes):

@@ -39,12 +39,19 @@ IMAGENET_STD = (0.229, 0.224, 0.225)  # torchvision's input std, for `fold_std`
 _BN_SLIM = {'scale': 'gamma', 'bias': 'beta', 'mean': 'moving_mean', 'var': 'moving_variance'}
 _BN_TORCH = {'scale': 'weight', 'bias': 'bias', 'mean': 'running_mean', 'var': 'running_var'}
 # timm's deep stem ('resnet50c/d'): conv1 is Sequential(conv, bn, relu, conv, bn, relu, conv).
-_TIMM_STEM = {'stem_conv1': 'conv1.0', 'stem_bn1': 'conv1.1', 'stem_conv2': 'conv1.3',
-              'stem_bn2': 'conv1.4', 'stem_conv3': 'conv1.6', 'stem_bn3': 'bn1'}
+_TIMM_STEM = {
+  'stem_conv1': 'conv1.0',
+  'stem_bn1': 'conv1.1',
+  'stem_conv2': 'conv1.3',
+  'stem_bn2': 'conv1.4',
+  'stem_conv3': 'conv1.6',
+  'stem_bn3': 'bn1',
+}
 _UNIT = re.compile(r'stage(\d+)_unit(\d+)$')
 
 
 # --- reading checkpoints -------------------------------------------------------------------
+
 
 def infer_format(path: str) -> str:
   """'safetensors', 'pth' or 'slim' from the file name (a TF checkpoint prefix or folder)."""
@@ -54,8 +61,10 @@ def infer_format(path: str) -> str:
     return 'pth'
   if os.path.isdir(path) or os.path.exists(path + '.index') or path.endswith('.ckpt'):
     return 'slim'
-  raise ValueError(f'cannot tell the format of {path!r}: expected a .safetensors, .pth/.pt '
-                   'file, or a TF checkpoint prefix (with a .index file) or folder.')
+  raise ValueError(
+    f'cannot tell the format of {path!r}: expected a .safetensors, .pth/.pt '
+    'file, or a TF checkpoint prefix (with a .index file) or folder.'
+  )
 
 
 def read_checkpoint(path: str, fmt: str) -> dict[str, np.ndarray]:
@@ -68,20 +77,24 @@ def read_checkpoint(path: str, fmt: str) -> dict[str, np.ndarray]:
     raise FileNotFoundError(f'weight file {path!r} does not exist.')
   if fmt == 'safetensors':
     import safetensors.numpy  # pylint: disable=g-import-not-at-top
+
     return dict(safetensors.numpy.load_file(path))
   return _read_pth(path)
 
 
 def _read_slim(path):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   try:
     tf.config.set_visible_devices([], 'GPU')  # reading a checkpoint must not claim GPU memory
   except RuntimeError:
     pass  # TF was initialised earlier; whoever did that chose its devices
   prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
   if prefix is None or not (os.path.exists(prefix + '.index') or os.path.exists(prefix)):
-    raise FileNotFoundError(f'no TF checkpoint at {path!r} (expected a prefix with a .index '
-                            'file, or a folder holding a `checkpoint` file).')
+    raise FileNotFoundError(
+      f'no TF checkpoint at {path!r} (expected a prefix with a .index '
+      'file, or a folder holding a `checkpoint` file).'
+    )
   reader = tf.train.load_checkpoint(prefix)
   return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
 
@@ -90,8 +103,10 @@ def _read_pth(path):
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError(f'reading {path!r} needs torch, which is not installed; install torch, '
-                      'or save the state dict as .safetensors and import that instead.') from e
+    raise ImportError(
+      f'reading {path!r} needs torch, which is not installed; install torch, '
+      'or save the state dict as .safetensors and import that instead.'
+    ) from e
   state = torch.load(path, map_location='cpu', weights_only=True)
   for key in ('state_dict', 'model'):
     if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
@@ -101,20 +116,24 @@ def _read_pth(path):
 
 def default_skip(fmt: str, keep_classifier: bool = False) -> tuple[str, ...]:
   """Source prefixes left out by default: the classifier, and slim's step counter."""
-  return ((() if keep_classifier else (CLASSIFIER[fmt],))
-          + (('global_step',) if fmt == 'slim' else ()))
+  return (() if keep_classifier else (CLASSIFIER[fmt],)) + (
+    ('global_step',) if fmt == 'slim' else ()
+  )
 
 
 def slim_scope(names) -> str:
   """The model scope of a slim checkpoint, e.g. 'resnet_v1_101'."""
   scopes = {n.split('/')[0] for n in names if '/block1/' in n}
   if len(scopes) != 1:
-    raise ValueError(f'cannot find the one ResNet scope of the slim checkpoint (variables '
-                     f'named SCOPE/block1/...): found {sorted(scopes)}; pass scope=.')
+    raise ValueError(
+      f'cannot find the one ResNet scope of the slim checkpoint (variables '
+      f'named SCOPE/block1/...): found {sorted(scopes)}; pass scope=.'
+    )
   return scopes.pop()
 
 
 # --- name mapping ----------------------------------------------------------------------------
+
 
 def _module_name(module: str, source: str, scope: str) -> str:
   """Our module name under `backbone` -> the source's module prefix."""
@@ -172,9 +191,15 @@ def _to_ours(array: np.ndarray, path, source: str, target_shape) -> np.ndarray:
   return array.T  # [out, in] -> [in, out]
 
 
-def convert(tensors: Mapping[str, np.ndarray], target, *, source: str,
-            skip: Sequence[str] = (), scope: str | None = None,
-            fold_std: Sequence[float] | None = None) -> dict:
+def convert(
+  tensors: Mapping[str, np.ndarray],
+  target,
+  *,
+  source: str,
+  skip: Sequence[str] = (),
+  scope: str | None = None,
+  fold_std: Sequence[float] | None = None,
+) -> dict:
   """Backbone variables {'params', 'batch_stats'} with the structure of `target` from tensors.
 
   Args:
@@ -207,8 +232,10 @@ def convert(tensors: Mapping[str, np.ndarray], target, *, source: str,
     used.add(name)
     array = _to_ours(np.asarray(tensors[name], np.float32), path, source, leaf.shape)
     if array.shape != tuple(leaf.shape):
-      bad_shape.append(f'{name}: {tuple(np.shape(tensors[name]))} -> {array.shape}, '
-                       f'expected {tuple(leaf.shape)} for {"/".join(path)}')
+      bad_shape.append(
+        f'{name}: {tuple(np.shape(tensors[name]))} -> {array.shape}, '
+        f'expected {tuple(leaf.shape)} for {"/".join(path)}'
+      )
       continue
     if fold_std is not None and path[:-1] in (('conv1',), ('stem_conv1',)):
       array = array / (255.0 * np.asarray(fold_std, np.float32))[None, None, :, None]
@@ -216,10 +243,14 @@ def convert(tensors: Mapping[str, np.ndarray], target, *, source: str,
   prefix = f'{scope}/' if source == 'slim' else ''
 
   def skipped(name):
-    relative = name[len(prefix):] if name.startswith(prefix) else name
+    relative = name[len(prefix) :] if name.startswith(prefix) else name
     return name.endswith('num_batches_tracked') or any(
-        relative == s or relative.startswith((s + '/', s + '.')) or name == s
-        or name.startswith((s + '/', s + '.')) for s in skip)
+      relative == s
+      or relative.startswith((s + '/', s + '.'))
+      or name == s
+      or name.startswith((s + '/', s + '.'))
+      for s in skip
+    )
 
   unmatched = sorted(n for n in tensors if n not in used and not skipped(n))
   problems = []
@@ -228,8 +259,10 @@ def convert(tensors: Mapping[str, np.ndarray], target, *, source: str,
   if bad_shape:
     problems.append(f'{len(bad_shape)} shapes differ: {_few(bad_shape)}')
   if unmatched:
-    problems.append(f'{len(unmatched)} source tensors match no backbone leaf (pass skip= '
-                    f'prefixes to leave them out): {_few(unmatched)}')
+    problems.append(
+      f'{len(unmatched)} source tensors match no backbone leaf (pass skip= '
+      f'prefixes to leave them out): {_few(unmatched)}'
+    )
   if problems:
     raise ValueError('weight import failed:\n  ' + '\n  '.join(problems))
   return flax.traverse_util.unflatten_dict(out)
@@ -241,6 +274,7 @@ def _few(items, limit=40):
 
 
 # --- files of converted weights and merging --------------------------------------------------
+
 
 def save(path: str, variables: Mapping, *, layout: str, source: str) -> None:
   """Write backbone variables plus the layout they were trained in as msgpack."""
@@ -257,8 +291,10 @@ def load(path: str) -> dict:
   with open(path, 'rb') as f:
     state = flax.serialization.msgpack_restore(f.read())
   if not {'params', 'batch_stats', 'meta'} <= set(state):
-    raise ValueError(f'{path!r} is not a backbone file written by aaf_jax.weights.save '
-                     f'(top-level keys {sorted(state)}).')
+    raise ValueError(
+      f'{path!r} is not a backbone file written by aaf_jax.weights.save '
+      f'(top-level keys {sorted(state)}).'
+    )
   return state
 
 
@@ -267,9 +303,15 @@ def default_fold_std(fmt: str) -> tuple[float, ...] | None:
   return None if fmt == 'slim' else IMAGENET_STD
 
 
-def load_backbone(path: str, variables: Mapping, *, layout: str | None = None,
-                  skip: Sequence[str] | None = None, scope: str | None = None,
-                  fold_std: Sequence[float] | None | str = 'auto') -> dict:
+def load_backbone(
+  path: str,
+  variables: Mapping,
+  *,
+  layout: str | None = None,
+  skip: Sequence[str] | None = None,
+  scope: str | None = None,
+  fold_std: Sequence[float] | None | str = 'auto',
+) -> dict:
   """`variables` with its `backbone` subtrees replaced by the weights in `path`.
 
   Args:
@@ -286,8 +328,10 @@ def load_backbone(path: str, variables: Mapping, *, layout: str | None = None,
     leaves' dtypes, so the caller places them (e.g. with its shardings).
   """
   if 'backbone' not in variables.get('params', {}):
-    raise ValueError(f'load_backbone: variables have no params/backbone subtree (top-level '
-                     f'params: {sorted(variables.get("params", {}))}).')
+    raise ValueError(
+      f'load_backbone: variables have no params/backbone subtree (top-level '
+      f'params: {sorted(variables.get("params", {}))}).'
+    )
   target = {c: variables[c]['backbone'] for c in ('params', 'batch_stats')}
   if path.endswith('.msgpack'):
     state = load(path)
@@ -296,18 +340,23 @@ def load_backbone(path: str, variables: Mapping, *, layout: str | None = None,
   else:
     fmt = infer_format(path)
     trained_layout = SOURCE_LAYOUT[fmt]
-    imported = convert(read_checkpoint(path, fmt), target,
-                       source='slim' if fmt == 'slim' else 'torch',
-                       skip=default_skip(fmt) if skip is None else skip, scope=scope,
-                       fold_std=default_fold_std(fmt) if isinstance(fold_std, str) else fold_std)
+    imported = convert(
+      read_checkpoint(path, fmt),
+      target,
+      source='slim' if fmt == 'slim' else 'torch',
+      skip=default_skip(fmt) if skip is None else skip,
+      scope=scope,
+      fold_std=default_fold_std(fmt) if isinstance(fold_std, str) else fold_std,
+    )
   if layout is not None and layout != trained_layout:
-    raise ValueError(f'{path!r} holds weights of a {trained_layout!r}-layout ResNet but the '
-                     f'model uses layout={layout!r}; set config.model.layout='
-                     f'{trained_layout!r}.')
+    raise ValueError(
+      f'{path!r} holds weights of a {trained_layout!r}-layout ResNet but the '
+      f'model uses layout={layout!r}; set config.model.layout='
+      f'{trained_layout!r}.'
+    )
   new = {c: dict(v) for c, v in variables.items()}
   for collection in ('params', 'batch_stats'):
-    new[collection]['backbone'] = _merge(target[collection], imported[collection], collection,
-                                         path)
+    new[collection]['backbone'] = _merge(target[collection], imported[collection], collection, path)
   return new
 
 
@@ -316,51 +365,83 @@ def _merge(target, imported, collection, path):
   have = flax.traverse_util.flatten_dict(dict(imported))
   missing = sorted('/'.join(k) for k in want if k not in have)
   extra = sorted('/'.join(k) for k in have if k not in want)
-  shapes = sorted(f'{"/".join(k)}: file {np.shape(have[k])}, model {tuple(want[k].shape)}'
-                  for k in want if k in have and np.shape(have[k]) != tuple(want[k].shape))
+  shapes = sorted(
+    f'{"/".join(k)}: file {np.shape(have[k])}, model {tuple(want[k].shape)}'
+    for k in want
+    if k in have and np.shape(have[k]) != tuple(want[k].shape)
+  )
   if missing or extra or shapes:
-    raise ValueError(f'{path!r} does not fit the model backbone ({collection}): missing from '
-                     f'the file {_few(missing)}; not in the model {_few(extra)}; shape '
-                     f'mismatches {_few(shapes)}.')
+    raise ValueError(
+      f'{path!r} does not fit the model backbone ({collection}): missing from '
+      f'the file {_few(missing)}; not in the model {_few(extra)}; shape '
+      f'mismatches {_few(shapes)}.'
+    )
   return flax.traverse_util.unflatten_dict(
-      {k: np.asarray(have[k], dtype=want[k].dtype) for k in want})
+    {k: np.asarray(have[k], dtype=want[k].dtype) for k in want}
+  )
 
 
 # --- command line ----------------------------------------------------------------------------
 
-def backbone_shapes(model: str, *, stem: str = 'standard', base_width: int = 64,
-                    stem_width: int = 64, num_classes: int | None = None) -> dict:
+
+def backbone_shapes(
+  model: str,
+  *,
+  stem: str = 'standard',
+  base_width: int = 64,
+  stem_width: int = 64,
+  num_classes: int | None = None,
+) -> dict:
   """ShapeDtypeStructs of a ResNet backbone's {'params', 'batch_stats'}."""
   from aaf_jax.models import resnet  # pylint: disable=g-import-not-at-top
+
   if model not in resnet.BACKBONES:
     raise ValueError(f'--model={model!r} is unknown; expected one of {sorted(resnet.BACKBONES)}.')
   block, stage_sizes = resnet.BACKBONES[model]
-  net = resnet.ResNet(block=block, stage_sizes=stage_sizes, base_width=base_width,
-                      stem_width=stem_width, stem=stem, num_classes=num_classes)
-  return jax.eval_shape(lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)),
-                                         train=False))
+  net = resnet.ResNet(
+    block=block,
+    stage_sizes=stage_sizes,
+    base_width=base_width,
+    stem_width=stem_width,
+    stem=stem,
+    num_classes=num_classes,
+  )
+  return jax.eval_shape(
+    lambda: net.init(jax.random.PRNGKey(0), jnp.zeros((1, 64, 64, 3)), train=False)
+  )
 
 
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(
-      prog='python -m aaf_jax.weights',
-      description='Convert an ImageNet ResNet checkpoint into aaf_jax backbone variables.')
-  parser.add_argument('--source', required=True,
-                      help='TF-slim checkpoint prefix/folder, .safetensors or .pth file')
+    prog='python -m aaf_jax.weights',
+    description='Convert an ImageNet ResNet checkpoint into aaf_jax backbone variables.',
+  )
+  parser.add_argument(
+    '--source', required=True, help='TF-slim checkpoint prefix/folder, .safetensors or .pth file'
+  )
   parser.add_argument('--format', choices=FORMATS, help='default: from the file name')
   parser.add_argument('--model', required=True, help='resnet18/34/50/101/152 (resnet10 too)')
   parser.add_argument('--stem', default='standard', choices=('standard', 'deep'))
   parser.add_argument('--base_width', type=int, default=64)
   parser.add_argument('--stem_width', type=int, default=64)
-  parser.add_argument('--skip', default=None,
-                      help='comma-separated source name prefixes to leave out (default: '
-                           'logits,global_step for slim; fc for torch)')
-  parser.add_argument('--keep_classifier', action='store_true',
-                      help='import the 1000-class classifier too (as backbone/fc)')
+  parser.add_argument(
+    '--skip',
+    default=None,
+    help='comma-separated source name prefixes to leave out (default: '
+    'logits,global_step for slim; fc for torch)',
+  )
+  parser.add_argument(
+    '--keep_classifier',
+    action='store_true',
+    help='import the 1000-class classifier too (as backbone/fc)',
+  )
   parser.add_argument('--scope', default=None, help='slim model scope (default: found)')
-  parser.add_argument('--fold_std', default=None,
-                      help='comma-separated input std folded into the first conv (default '
-                           'for torch sources: 0.229,0.224,0.225; "none" to disable)')
+  parser.add_argument(
+    '--fold_std',
+    default=None,
+    help='comma-separated input std folded into the first conv (default '
+    'for torch sources: 0.229,0.224,0.225; "none" to disable)',
+  )
   parser.add_argument('--output', required=True, help='output .msgpack file')
   args = parser.parse_args(argv)
 
@@ -375,17 +456,28 @@ def main(argv: Sequence[str] | None = None) -> None:
     fold_std = None
   else:
     fold_std = tuple(float(v) for v in args.fold_std.split(','))
-  target = backbone_shapes(args.model, stem=args.stem, base_width=args.base_width,
-                           stem_width=args.stem_width,
-                           num_classes=1000 if args.keep_classifier else None)
-  variables = convert(read_checkpoint(args.source, fmt), target,
-                      source='slim' if fmt == 'slim' else 'torch', skip=skip, scope=args.scope,
-                      fold_std=fold_std)
+  target = backbone_shapes(
+    args.model,
+    stem=args.stem,
+    base_width=args.base_width,
+    stem_width=args.stem_width,
+    num_classes=1000 if args.keep_classifier else None,
+  )
+  variables = convert(
+    read_checkpoint(args.source, fmt),
+    target,
+    source='slim' if fmt == 'slim' else 'torch',
+    skip=skip,
+    scope=args.scope,
+    fold_std=fold_std,
+  )
   save(args.output, variables, layout=SOURCE_LAYOUT[fmt], source=os.path.basename(args.source))
   count = sum(a.size for a in jax.tree.leaves(variables['params']))
-  print(f'wrote {args.output}: {count:,} parameters, layout={SOURCE_LAYOUT[fmt]!r} '
-        f'(set config.model.layout to it), skipped prefixes {list(skip)}, '
-        f'fold_std={fold_std}')
+  print(
+    f'wrote {args.output}: {count:,} parameters, layout={SOURCE_LAYOUT[fmt]!r} '
+    f'(set config.model.layout to it), skipped prefixes {list(skip)}, '
+    f'fold_std={fold_std}'
+  )
 
 
 if __name__ == '__main__':

@@ -28,7 +28,7 @@ def _shift(x, dy, dx, fill):
   s = max(abs(dy), abs(dx))
   pad = [(0, 0), (s, s), (s, s)] + [(0, 0)] * (x.ndim - 3)
   x = jnp.pad(x, pad, constant_values=fill)
-  return x[:, s + dy:s + dy + h, s + dx:s + dx + w]
+  return x[:, s + dy : s + dy + h, s + dx : s + dx + w]
 
 
 def yardstick_aaf(probs, labels, *, num_classes, sizes, margin, edge_logits, nonedge_logits):
@@ -43,8 +43,9 @@ def yardstick_aaf(probs, labels, *, num_classes, sizes, margin, edge_logits, non
     offs = [(dy, dx) for dy in (-s, 0, s) for dx in (-s, 0, s) if (dy, dx) != (0, 0)]
     paired = jnp.stack([_shift(probs, dy, dx, 0.0) for dy, dx in offs], -1)  # [N,H,W,C,8]
     paired_oh = jnp.stack([_shift(one_hot, dy, dx, 0.0) for dy, dx in offs], -1)
-    kept = jnp.stack([valid & _shift(valid, dy, dx, False) & _shift(valid, -dy, -dx, False)
-                      for dy, dx in offs], -1)[:, :, :, None, :]  # [N,H,W,1,8]
+    kept = jnp.stack(
+      [valid & _shift(valid, dy, dx, False) & _shift(valid, -dy, -dx, False) for dy, dx in offs], -1
+    )[:, :, :, None, :]  # [N,H,W,1,8]
     edge = (one_hot[..., None] != paired_oh) & kept
     nonedge = (one_hot[..., None] == paired_oh) & kept
     centre = probs[..., None]
@@ -63,9 +64,17 @@ def yardstick_aaf(probs, labels, *, num_classes, sizes, margin, edge_logits, non
 
 def make_step(loss_fn, num_classes):
   def total(probs, labels, e, n):
-    edge, nonedge = loss_fn(probs, labels, num_classes=num_classes, sizes=(1, 2, 3),
-                            margin=3.0, edge_logits=e, nonedge_logits=n)
+    edge, nonedge = loss_fn(
+      probs,
+      labels,
+      num_classes=num_classes,
+      sizes=(1, 2, 3),
+      margin=3.0,
+      edge_logits=e,
+      nonedge_logits=n,
+    )
     return jnp.sum(edge) + jnp.sum(nonedge)
+
   return jax.jit(jax.value_and_grad(total, argnums=(0, 2, 3)))
 
 
@@ -91,15 +100,18 @@ def median_seconds(fn, args, repeats):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--shapes', nargs='+',
-                      default=['8,42,42,21', '2,90,90,19', '2,256,256,19'])
+  parser.add_argument('--shapes', nargs='+', default=['8,42,42,21', '2,90,90,19', '2,256,256,19'])
   parser.add_argument('--repeats', type=int, default=10)
   args = parser.parse_args()
   device = jax.devices()[0]
-  print(f'# device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, '
-        f'{platform.node()}')
-  print('| N,H,W,C | aaf_jax ms | yardstick ms | time ratio | aaf_jax temp MiB | '
-        'yardstick temp MiB | memory ratio |')
+  print(
+    f'# device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, '
+    f'{platform.node()}'
+  )
+  print(
+    '| N,H,W,C | aaf_jax ms | yardstick ms | time ratio | aaf_jax temp MiB | '
+    'yardstick temp MiB | memory ratio |'
+  )
   print('|---|---|---|---|---|---|---|')
   for spec in args.shapes:
     shape = tuple(int(v) for v in spec.split(','))
@@ -112,15 +124,19 @@ def main():
     # at 2,256,256,19 (checked against a float64 run), hence atol 1e-3 of the scale.
     for a, b in zip(g_ours, g_theirs):
       np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()))
-    mem = [f.lower(*batch).compile().memory_analysis().temp_size_in_bytes / 2**20
-           for f in (ours, theirs)]
+    mem = [
+      f.lower(*batch).compile().memory_analysis().temp_size_in_bytes / 2**20 for f in (ours, theirs)
+    ]
     t_ours, t_theirs = [], []
     for _ in range(args.repeats):  # alternate so drift on a shared machine hits both
       t_ours.append(median_seconds(ours, batch, 1))
       t_theirs.append(median_seconds(theirs, batch, 1))
     t_ours, t_theirs = statistics.median(t_ours) * 1e3, statistics.median(t_theirs) * 1e3
-    print(f'| {spec} | {t_ours:.2f} | {t_theirs:.2f} | {t_ours / t_theirs:.3f} | '
-          f'{mem[0]:.2f} | {mem[1]:.2f} | {mem[0] / mem[1]:.3f} |', flush=True)
+    print(
+      f'| {spec} | {t_ours:.2f} | {t_theirs:.2f} | {t_ours / t_theirs:.3f} | '
+      f'{mem[0]:.2f} | {mem[1]:.2f} | {mem[0] / mem[1]:.3f} |',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

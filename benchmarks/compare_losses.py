@@ -35,10 +35,14 @@ def main():
   print('| loss | mIoU | pixel acc | ' + ' | '.join(classes) + ' | wall s |')
   print('|---|---|---|' + '---|' * len(classes) + '---|')
   for kind, (res, seconds) in rows.items():
-    ious = ' | '.join('-' if res['per_class_iou'][c] is None
-                      else f'{100 * res["per_class_iou"][c]:.1f}' for c in classes)
-    print(f'| {kind} | {100 * res["miou"]:.2f} | {100 * res["pixel_acc"]:.2f} | {ious} | '
-          f'{seconds:.0f} |')
+    ious = ' | '.join(
+      '-' if res['per_class_iou'][c] is None else f'{100 * res["per_class_iou"][c]:.1f}'
+      for c in classes
+    )
+    print(
+      f'| {kind} | {100 * res["miou"]:.2f} | {100 * res["pixel_acc"]:.2f} | {ious} | '
+      f'{seconds:.0f} |'
+    )
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 """The device's measured bf16 matrix-multiply rate: the yardstick for model FLOP utilisation.
 
-    python benchmarks/matmul_peak.py [--size 8192] [--repeats 20]
+python benchmarks/matmul_peak.py [--size 8192] [--repeats 20]
 """
 
 import argparse
@@ -28,7 +28,7 @@ def main():
     times.append(time.perf_counter() - start)
   t = statistics.median(times)
   print(f'# {jax.devices()[0].device_kind}, jax {jax.__version__}')
-  print(f'bf16 {n}x{n}x{n} matmul: {1e3 * t:.2f} ms, {2 * n ** 3 / t / 1e12:.1f} TFLOP/s')
+  print(f'bf16 {n}x{n}x{n} matmul: {1e3 * t:.2f} ms, {2 * n**3 / t / 1e12:.1f} TFLOP/s')
 
 
 if __name__ == '__main__':

@@ -49,8 +49,9 @@ def build(preset, kind, crop, batch, num_classes, dtype, steps):
   config.batch_size = batch
   config.compute_dtype = dtype
   config.model = models.get_preset(preset)
-  model = models.build_model(config.model, num_classes=num_classes,
-                             dtype=step.COMPUTE_DTYPES[dtype])
+  model = models.build_model(
+    config.model, num_classes=num_classes, dtype=step.COMPUTE_DTYPES[dtype]
+  )
   tx = optim.make_optimizer(config.optimizer, steps)
   state = jax.jit(step.init_state_fn(model, tx, config, num_classes, crop))(jax.random.key(0))
   train_step = jax.jit(step.make_train_step(model, tx, config, num_classes), donate_argnums=0)
@@ -67,28 +68,34 @@ def main():
   parser.add_argument('--steps', type=int, default=10, help='timed steps per round')
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--kinds', nargs='+', default=['ce', 'aaf'])
-  parser.add_argument('--peak_tflops', type=float, default=0.0,
-                      help='measured bf16 matmul rate (benchmarks/matmul_peak.py), for MFU')
+  parser.add_argument(
+    '--peak_tflops',
+    type=float,
+    default=0.0,
+    help='measured bf16 matmul rate (benchmarks/matmul_peak.py), for MFU',
+  )
   args = parser.parse_args()
 
   rng = np.random.default_rng(0)
-  labels = rng.integers(0, args.classes, size=(args.batch, args.crop // 16 + 1,
-                                               args.crop // 16 + 1))
-  labels = labels.repeat(16, 1).repeat(16, 2)[:, :args.crop, :args.crop]
+  labels = rng.integers(
+    0, args.classes, size=(args.batch, args.crop // 16 + 1, args.crop // 16 + 1)
+  )
+  labels = labels.repeat(16, 1).repeat(16, 2)[:, : args.crop, : args.crop]
   labels[rng.random(labels.shape) < 0.02] = 255
-  batch = {'image': jnp.asarray(rng.normal(size=(args.batch, args.crop, args.crop, 3)) * 50,
-                                jnp.float32),
-           'label': jnp.asarray(labels, jnp.int32)}
+  batch = {
+    'image': jnp.asarray(rng.normal(size=(args.batch, args.crop, args.crop, 3)) * 50, jnp.float32),
+    'label': jnp.asarray(labels, jnp.int32),
+  }
 
   runs = {}
   for kind in args.kinds:
-    state, train_step = build(args.preset, kind, args.crop, args.batch, args.classes,
-                              args.dtype, 1000)
+    state, train_step = build(
+      args.preset, kind, args.crop, args.batch, args.classes, args.dtype, 1000
+    )
     flops = count_flops(jax.make_jaxpr(train_step)(state, batch).jaxpr)
     state, _, _ = train_step(state, batch)  # warm-up
     jax.block_until_ready(state)
-    runs[kind] = dict(state=state, step=train_step, flops=flops,
-                      times=[])
+    runs[kind] = dict(state=state, step=train_step, flops=flops, times=[])
   for _ in range(args.rounds):  # alternate kinds so machine noise hits all alike
     for kind, run in runs.items():
       start = time.perf_counter()
@@ -98,20 +105,27 @@ def main():
       run['times'].append((time.perf_counter() - start) / args.steps)
 
   device = jax.devices()[0]
-  print(f'# {args.preset}, crop {args.crop}, batch {args.batch}, {args.classes} classes, '
-        f'{args.dtype}; device {device.device_kind} x{jax.device_count()} '
-        f'({jax.default_backend()}), jax {jax.__version__}, {platform.node()}')
-  print('| loss | step ms (median) | images/s | GFLOPs/image | achieved TFLOP/s | MFU | '
-        'step time vs ce |')
+  print(
+    f'# {args.preset}, crop {args.crop}, batch {args.batch}, {args.classes} classes, '
+    f'{args.dtype}; device {device.device_kind} x{jax.device_count()} '
+    f'({jax.default_backend()}), jax {jax.__version__}, {platform.node()}'
+  )
+  print(
+    '| loss | step ms (median) | images/s | GFLOPs/image | achieved TFLOP/s | MFU | '
+    'step time vs ce |'
+  )
   print('|---|---|---|---|---|---|---|')
   base = statistics.median(runs[args.kinds[0]]['times'])
   for kind, run in runs.items():
     t = statistics.median(run['times'])
     achieved = run['flops'] / t / 1e12
     mfu = f'{achieved / args.peak_tflops:.3f}' if args.peak_tflops else '-'
-    print(f'| {kind} | {1e3 * t:.1f} | {args.batch / t:.4g} | '
-          f'{run["flops"] / args.batch / 1e9:.2f} | {achieved:.3f} | {mfu} | '
-          f'{t / base:.3f} |', flush=True)
+    print(
+      f'| {kind} | {1e3 * t:.1f} | {args.batch / t:.4g} | '
+      f'{run["flops"] / args.batch / 1e9:.2f} | {achieved:.3f} | {mfu} | '
+      f'{t / base:.3f} |',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

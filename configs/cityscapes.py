@@ -17,9 +17,15 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, loss='aaf', pretrained='pretrained/resnet_v1_101.msgpack',
-                          data_dir='~/tensorflow_datasets', batch=8, steps=90_000,
-                          dtype='float32')
+  args = common.parse_arg(
+    arg,
+    loss='aaf',
+    pretrained='pretrained/resnet_v1_101.msgpack',
+    data_dir='~/tensorflow_datasets',
+    batch=8,
+    steps=90_000,
+    dtype='float32',
+  )
   config = common.paper_config(args)
   config.optimizer.learning_rate = 1e-3
   config.eval_every_steps = 30_000
@@ -32,11 +38,22 @@ def get_config(arg=None):
 
   config.model.pretrained = args.pretrained
 
-  config.data = ml_collections.ConfigDict(dict(
-      name='cityscapes', data_dir=args.data_dir, manual_dir='',
-      train_split='train', eval_split='val',
-      crop_size=720, min_scale=0.5, max_scale=2.0, mirror=True,
-      mean=(122.675, 116.669, 104.008), eval_size=(1024, 2048), prefetch=4,
-      skip_bad_examples=False))
+  config.data = ml_collections.ConfigDict(
+    dict(
+      name='cityscapes',
+      data_dir=args.data_dir,
+      manual_dir='',
+      train_split='train',
+      eval_split='val',
+      crop_size=720,
+      min_scale=0.5,
+      max_scale=2.0,
+      mirror=True,
+      mean=(122.675, 116.669, 104.008),
+      eval_size=(1024, 2048),
+      prefetch=4,
+      skip_bad_examples=False,
+    )
+  )
   config.lock()
   return config

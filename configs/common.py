@@ -14,7 +14,6 @@ from aaf_jax.models import get_preset
 from aaf_jax.step import LOSS_KINDS
 
 
-
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   """Parse 'key=value,flag' against `defaults`; values take the type of their default.
 
@@ -28,8 +27,10 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     elif not sep:
       value = 'True'
     if key not in defaults:
-      raise ValueError(f'Unknown config argument {key!r} in {arg!r}; accepted: '
-                       f'{", ".join(sorted(defaults))} (or a loss kind: {", ".join(LOSS_KINDS)}).')
+      raise ValueError(
+        f'Unknown config argument {key!r} in {arg!r}; accepted: '
+        f'{", ".join(sorted(defaults))} (or a loss kind: {", ".join(LOSS_KINDS)}).'
+      )
     default = defaults[key]
     if isinstance(default, str):
       result[key] = value
@@ -37,8 +38,9 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       try:
         result[key] = type(default)(ast.literal_eval(value))
       except (ValueError, SyntaxError) as e:
-        raise ValueError(f'Config argument {key}={value!r}: expected a '
-                         f'{type(default).__name__}.') from e
+        raise ValueError(
+          f'Config argument {key}={value!r}: expected a {type(default).__name__}.'
+        ) from e
   return ml_collections.ConfigDict(result)
 
 
@@ -55,14 +57,21 @@ def base_config(loss_kind: str = 'aaf') -> ml_collections.ConfigDict:
   c.compute_dtype = 'float32'  # or 'bfloat16': convs in bf16, params and loss in float32
   c.init_checkpoint = ''  # a workdir or checkpoint dir to start from when workdir has none
 
-  c.optimizer = ml_collections.ConfigDict(dict(
-      learning_rate=1e-3, poly_power=0.9, momentum=0.9, weight_decay=5e-4, head_lr_mult=10.0))
+  c.optimizer = ml_collections.ConfigDict(
+    dict(learning_rate=1e-3, poly_power=0.9, momentum=0.9, weight_decay=5e-4, head_lr_mult=10.0)
+  )
 
   # The fixed-size affinity field uses s = 1 (spec item 7); AAF chooses among 1, 2, 3.
-  c.loss = ml_collections.ConfigDict(dict(
-      kind=loss_kind, sizes=(1,) if loss_kind == 'affinity' else (1, 2, 3), margin=3.0,
-      lambda_edge=1.0, lambda_nonedge=1.0,
-      decay=True))  # decay: scale the affinity term by 10 ** (-step / num_train_steps)
+  c.loss = ml_collections.ConfigDict(
+    dict(
+      kind=loss_kind,
+      sizes=(1,) if loss_kind == 'affinity' else (1, 2, 3),
+      margin=3.0,
+      lambda_edge=1.0,
+      lambda_nonedge=1.0,
+      decay=True,
+    )
+  )  # decay: scale the affinity term by 10 ** (-step / num_train_steps)
 
   # Inference (evaluate.py): window 0 = the whole image at once, else sliding windows of
   # `window` px at most `stride` apart; class probabilities summed over `scales` and, with

@@ -15,8 +15,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, loss='aaf', steps=2500, batch=8,
-                          data_dir='~/tensorflow_datasets')
+  args = common.parse_arg(arg, loss='aaf', steps=2500, batch=8, data_dir='~/tensorflow_datasets')
   config = common.base_config(args.loss)
   config.seed = 0
   config.num_train_steps = args.steps
@@ -32,12 +31,24 @@ def get_config(arg=None):
   config.model.aux_weight = 0.0
   config.model.head_width = 64
 
-  config.data = ml_collections.ConfigDict(dict(
-      name='synthetic', data_dir=args.data_dir, manual_dir=None,
-      train_split='train', eval_split='validation',
-      crop_size=64, min_scale=0.75, max_scale=1.25, mirror=True,
-      mean=(122.675, 116.669, 104.008), eval_size=(72, 72), prefetch=2,
-      synthetic=ml_collections.ConfigDict(dict(
-          image_size=72, num_train=2000, num_validation=200, seed=0))))
+  config.data = ml_collections.ConfigDict(
+    dict(
+      name='synthetic',
+      data_dir=args.data_dir,
+      manual_dir=None,
+      train_split='train',
+      eval_split='validation',
+      crop_size=64,
+      min_scale=0.75,
+      max_scale=1.25,
+      mirror=True,
+      mean=(122.675, 116.669, 104.008),
+      eval_size=(72, 72),
+      prefetch=2,
+      synthetic=ml_collections.ConfigDict(
+        dict(image_size=72, num_train=2000, num_validation=200, seed=0)
+      ),
+    )
+  )
   config.lock()
   return config

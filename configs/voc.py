@@ -18,10 +18,18 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, loss='aaf', stage1=False, stage2=False,
-                          pretrained='pretrained/resnet_v1_101.msgpack', init='',
-                          data_dir='~/tensorflow_datasets', batch=8, steps=30_000,
-                          dtype='float32')
+  args = common.parse_arg(
+    arg,
+    loss='aaf',
+    stage1=False,
+    stage2=False,
+    pretrained='pretrained/resnet_v1_101.msgpack',
+    init='',
+    data_dir='~/tensorflow_datasets',
+    batch=8,
+    steps=30_000,
+    dtype='float32',
+  )
   if args.stage1 == args.stage2:
     raise ValueError(f'configs/voc.py needs exactly one of stage1, stage2; got {arg!r}.')
   config = common.paper_config(args)
@@ -38,14 +46,25 @@ def get_config(arg=None):
     config.model.pretrained = args.pretrained
   else:
     if not args.init:
-      raise ValueError("configs/voc.py:stage2 needs init=STAGE1_WORKDIR (the stage-1 run).")
+      raise ValueError('configs/voc.py:stage2 needs init=STAGE1_WORKDIR (the stage-1 run).')
     config.init_checkpoint = args.init
 
-  config.data = ml_collections.ConfigDict(dict(
-      name='voc', data_dir=args.data_dir, manual_dir='',
-      train_split='train_aug' if args.stage1 else 'train', eval_split='val',
-      crop_size=336, min_scale=0.5, max_scale=2.0, mirror=True,
-      mean=(122.675, 116.669, 104.008), eval_size=(512, 512), prefetch=4,
-      skip_bad_examples=False))
+  config.data = ml_collections.ConfigDict(
+    dict(
+      name='voc',
+      data_dir=args.data_dir,
+      manual_dir='',
+      train_split='train_aug' if args.stage1 else 'train',
+      eval_split='val',
+      crop_size=336,
+      min_scale=0.5,
+      max_scale=2.0,
+      mirror=True,
+      mean=(122.675, 116.669, 104.008),
+      eval_size=(512, 512),
+      prefetch=4,
+      skip_bad_examples=False,
+    )
+  )
   config.lock()
   return config

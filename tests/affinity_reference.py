@@ -30,8 +30,7 @@ def elements(probs, labels, num_classes, s, margin):
   n_img, height, width, _ = probs.shape
 
   def usable(n, y, x):
-    return (0 <= y < height and 0 <= x < width
-            and 0 <= labels[n, y, x] < num_classes)
+    return 0 <= y < height and 0 <= x < width and 0 <= labels[n, y, x] < num_classes
 
   out = []
   for n in range(n_img):
@@ -39,8 +38,7 @@ def elements(probs, labels, num_classes, s, margin):
       for x in range(width):
         for dy, dx in offsets(s):
           # Spec item 2: i, i + o and i - o inside the image and not ignored.
-          if not (usable(n, y, x) and usable(n, y + dy, x + dx)
-                  and usable(n, y - dy, x - dx)):
+          if not (usable(n, y, x) and usable(n, y + dy, x + dx) and usable(n, y - dy, x - dx)):
             continue
           yi, yj = labels[n, y, x], labels[n, y + dy, x + dx]
           for c in range(num_classes):
@@ -58,8 +56,10 @@ def mean_or_zero(values):
 
 def affinity_loss(probs, labels, num_classes, size=1, margin=3.0):
   els = elements(probs, labels, num_classes, size, margin)
-  return (mean_or_zero([v for k, v, _ in els if k == 'edge']),
-          mean_or_zero([v for k, v, _ in els if k == 'nonedge']))
+  return (
+    mean_or_zero([v for k, v, _ in els if k == 'edge']),
+    mean_or_zero([v for k, v, _ in els if k == 'nonedge']),
+  )
 
 
 def softmax(x):
@@ -68,14 +68,14 @@ def softmax(x):
   return e / e.sum(axis=-1, keepdims=True)
 
 
-def adaptive_affinity_loss(probs, labels, num_classes, sizes, margin, edge_logits,
-                           nonedge_logits):
+def adaptive_affinity_loss(probs, labels, num_classes, sizes, margin, edge_logits, nonedge_logits):
   """Spec item 8: each element scaled by softmax_k of its centre label's row."""
   w_edge, w_nonedge = softmax(edge_logits), softmax(nonedge_logits)
   edges, nonedges = [], []
   for k, s in enumerate(sizes):
     els = elements(probs, labels, num_classes, s, margin)
     edges.append(mean_or_zero([w_edge[yi, k] * v for kind, v, yi in els if kind == 'edge']))
-    nonedges.append(mean_or_zero(
-        [w_nonedge[yi, k] * v for kind, v, yi in els if kind == 'nonedge']))
+    nonedges.append(
+      mean_or_zero([w_nonedge[yi, k] * v for kind, v, yi in els if kind == 'nonedge'])
+    )
   return np.array(edges), np.array(nonedges)

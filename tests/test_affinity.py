@@ -47,8 +47,9 @@ def test_margin(margin):
   assert_close(got, ref.affinity_loss(probs, labels, 3, 1, margin))
 
 
-@pytest.mark.parametrize('shape,size', [((1, 2, 3), 2), ((1, 3, 7), 2), ((2, 4, 1), 1),
-                                        ((1, 1, 1), 1), ((1, 6, 6), 3)])
+@pytest.mark.parametrize(
+  'shape,size', [((1, 2, 3), 2), ((1, 3, 7), 2), ((2, 4, 1), 1), ((1, 1, 1), 1), ((1, 6, 6), 3)]
+)
 def test_images_smaller_than_the_field(shape, size):
   probs, labels = random_case(4, *shape, c=3, ignore_frac=0.0)
   got = affinity.affinity_loss(probs, labels, num_classes=3, size=size)
@@ -66,8 +67,12 @@ def test_single_class():
 def test_every_pixel_ignored_gives_zero_not_nan():
   probs, _ = random_case(6)
   labels = np.full(probs.shape[:3], 255, np.int32)
-  loss_fn = functools.partial(affinity.adaptive_affinity_loss, num_classes=4,
-                              edge_logits=jnp.zeros((4, 3)), nonedge_logits=jnp.zeros((4, 3)))
+  loss_fn = functools.partial(
+    affinity.adaptive_affinity_loss,
+    num_classes=4,
+    edge_logits=jnp.zeros((4, 3)),
+    nonedge_logits=jnp.zeros((4, 3)),
+  )
   edge, nonedge = loss_fn(probs, labels)
   np.testing.assert_array_equal(edge, 0.0)
   np.testing.assert_array_equal(nonedge, 0.0)
@@ -81,16 +86,17 @@ def test_negative_and_large_labels_are_ignored():
   other[labels == 255] = -1
   other[0, 0, 0] = 4  # == num_classes: ignored as well
   labels[0, 0, 0] = 255
-  assert_close(affinity.affinity_loss(probs, other, num_classes=4),
-               ref.affinity_loss(probs, labels, 4, 1))
+  assert_close(
+    affinity.affinity_loss(probs, other, num_classes=4), ref.affinity_loss(probs, labels, 4, 1)
+  )
 
 
 def test_confident_correct_prediction_scores_zero():
   _, labels = random_case(8, ignore_frac=0.1)
   probs = np.asarray(jax.nn.one_hot(np.where(labels == 255, 0, labels), 4))
   edge, nonedge = affinity.adaptive_affinity_loss(
-      probs, labels, num_classes=4, edge_logits=jnp.zeros((4, 3)),
-      nonedge_logits=jnp.zeros((4, 3)))
+    probs, labels, num_classes=4, edge_logits=jnp.zeros((4, 3)), nonedge_logits=jnp.zeros((4, 3))
+  )
   np.testing.assert_allclose(edge, 0.0, atol=1e-6)
   np.testing.assert_allclose(nonedge, 0.0, atol=1e-6)
 
@@ -100,10 +106,11 @@ def test_adaptive_matches_reference():
   rng = np.random.default_rng(9)
   e_logits, n_logits = rng.normal(size=(2, 4, 3)).astype(np.float32)
   edge, nonedge = affinity.adaptive_affinity_loss(
-      probs, labels, num_classes=4, sizes=(1, 2, 3), edge_logits=e_logits,
-      nonedge_logits=n_logits)
-  ref_edge, ref_nonedge = ref.adaptive_affinity_loss(probs, labels, 4, (1, 2, 3), 3.0,
-                                                     e_logits, n_logits)
+    probs, labels, num_classes=4, sizes=(1, 2, 3), edge_logits=e_logits, nonedge_logits=n_logits
+  )
+  ref_edge, ref_nonedge = ref.adaptive_affinity_loss(
+    probs, labels, 4, (1, 2, 3), 3.0, e_logits, n_logits
+  )
   assert edge.shape == (3,) and nonedge.shape == (3,)
   assert_close(edge, ref_edge)
   assert_close(nonedge, ref_nonedge)
@@ -112,8 +119,9 @@ def test_adaptive_matches_reference():
 def test_adaptive_with_uniform_weights_is_affinity_over_k():
   probs, labels = random_case(10)
   zeros = jnp.zeros((4, 2))
-  edge, nonedge = affinity.adaptive_affinity_loss(probs, labels, num_classes=4, sizes=(1, 3),
-                                                  edge_logits=zeros, nonedge_logits=zeros)
+  edge, nonedge = affinity.adaptive_affinity_loss(
+    probs, labels, num_classes=4, sizes=(1, 3), edge_logits=zeros, nonedge_logits=zeros
+  )
   for k, s in enumerate((1, 3)):
     plain = affinity.affinity_loss(probs, labels, num_classes=4, size=s)
     assert_close(edge[k], float(plain[0]) / 2)
@@ -139,7 +147,8 @@ def test_gradients_match_central_differences_of_the_reference():
 
   def jax_total(p, e, n):
     edge, nonedge = affinity.adaptive_affinity_loss(
-        p, labels, num_classes=3, sizes=sizes, margin=margin, edge_logits=e, nonedge_logits=n)
+      p, labels, num_classes=3, sizes=sizes, margin=margin, edge_logits=e, nonedge_logits=n
+    )
     return jnp.sum(edge) + jnp.sum(nonedge)
 
   def ref_total(p, e, n):
@@ -147,10 +156,13 @@ def test_gradients_match_central_differences_of_the_reference():
     return float(np.sum(edge) + np.sum(nonedge))
 
   grads = jax.grad(jax_total, argnums=(0, 1, 2))(
-      probs, e_logits.astype(np.float32), n_logits.astype(np.float32))
-  expected = (central_difference(lambda p: ref_total(p, e_logits, n_logits), probs),
-              central_difference(lambda e: ref_total(probs, e, n_logits), e_logits),
-              central_difference(lambda n: ref_total(probs, e_logits, n), n_logits))
+    probs, e_logits.astype(np.float32), n_logits.astype(np.float32)
+  )
+  expected = (
+    central_difference(lambda p: ref_total(p, e_logits, n_logits), probs),
+    central_difference(lambda e: ref_total(probs, e, n_logits), e_logits),
+    central_difference(lambda n: ref_total(probs, e_logits, n), n_logits),
+  )
   for got, want in zip(grads, expected):
     assert np.abs(want).max() > 1e-3  # the gradient is not trivially zero
     np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=2e-3, atol=2e-5)
@@ -167,7 +179,7 @@ def straightforward_aaf(probs, labels, num_classes, sizes, margin, edge_logits, 
 
   def shift(x, dy, dx, s, fill):  # x at i + (dy, dx), `fill` outside the image
     x = jnp.pad(x, [(0, 0), (s, s), (s, s)] + [(0, 0)] * (x.ndim - 3), constant_values=fill)
-    return x[:, s + dy:s + dy + h, s + dx:s + dx + w]
+    return x[:, s + dy : s + dy + h, s + dx : s + dx + w]
 
   p = jnp.clip(probs, 1e-4, 1.0)
   np_ = jnp.clip(1.0 - probs, 1e-4, 1.0)
@@ -181,8 +193,8 @@ def straightforward_aaf(probs, labels, num_classes, sizes, margin, edge_logits, 
       kept = kept[..., None]
       is_edge = kept & (one_hot != shift(one_hot, dy, dx, s, 0.0))
       is_nonedge = kept & (one_hot == shift(one_hot, dy, dx, s, 0.0))
-      e_sum += jnp.sum(jnp.where(is_edge, jax.nn.relu(margin - kl) * w_edge[..., k:k + 1], 0.0))
-      n_sum += jnp.sum(jnp.where(is_nonedge, kl * w_nonedge[..., k:k + 1], 0.0))
+      e_sum += jnp.sum(jnp.where(is_edge, jax.nn.relu(margin - kl) * w_edge[..., k : k + 1], 0.0))
+      n_sum += jnp.sum(jnp.where(is_nonedge, kl * w_nonedge[..., k : k + 1], 0.0))
       e_cnt += jnp.sum(is_edge)
       n_cnt += jnp.sum(is_nonedge)
     edges.append(jnp.where(e_cnt > 0, e_sum / jnp.maximum(e_cnt, 1), 0.0))
@@ -210,13 +222,19 @@ def test_custom_gradient_matches_autodiff_of_the_straightforward_form():
     def f(p, e, n):
       edge, nonedge = fn(p, e, n)
       return jnp.sum(weights[0] * edge) + jnp.sum(weights[1] * nonedge)
+
     return jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
 
-  ours = total(lambda p, e, n: affinity.adaptive_affinity_loss(
-      p, labels, num_classes=4, sizes=(1, 2, 3), margin=3.0, edge_logits=e, nonedge_logits=n))
+  ours = total(
+    lambda p, e, n: affinity.adaptive_affinity_loss(
+      p, labels, num_classes=4, sizes=(1, 2, 3), margin=3.0, edge_logits=e, nonedge_logits=n
+    )
+  )
   plain = total(lambda p, e, n: straightforward_aaf(p, labels, 4, (1, 2, 3), 3.0, e, n))
-  (value, grads), (want_value, want_grads) = ours(probs, e_logits, n_logits), plain(
-      probs, e_logits, n_logits)
+  (value, grads), (want_value, want_grads) = (
+    ours(probs, e_logits, n_logits),
+    plain(probs, e_logits, n_logits),
+  )
   np.testing.assert_allclose(value, want_value, rtol=1e-5)
   for got, want in zip(grads, want_grads):
     assert np.abs(want).max() > 1e-3
@@ -229,35 +247,50 @@ def test_gradient_of_vmap_and_bfloat16():
   e_logits = jnp.asarray(np.random.default_rng(15).normal(size=(4, 2)), jnp.float32)
 
   def total(p, l, e):
-    edge, nonedge = affinity.adaptive_affinity_loss(p, l, num_classes=4, sizes=(1, 2),
-                                                    edge_logits=e, nonedge_logits=-e)
+    edge, nonedge = affinity.adaptive_affinity_loss(
+      p, l, num_classes=4, sizes=(1, 2), edge_logits=e, nonedge_logits=-e
+    )
     return jnp.sum(edge) + 2.0 * jnp.sum(nonedge)
 
   scale = jnp.array([1.0, 3.0])
-  batched = jax.grad(lambda p, e: jnp.sum(scale * jax.vmap(total, (0, 0, None))(p, stacked_l, e)),
-                     argnums=(0, 1))(stacked_p, e_logits)
-  singles = [jax.grad(total, argnums=(0, 2))(stacked_p[b], stacked_l[b], e_logits)
-             for b in range(2)]
+  batched = jax.grad(
+    lambda p, e: jnp.sum(scale * jax.vmap(total, (0, 0, None))(p, stacked_l, e)), argnums=(0, 1)
+  )(stacked_p, e_logits)
+  singles = [
+    jax.grad(total, argnums=(0, 2))(stacked_p[b], stacked_l[b], e_logits) for b in range(2)
+  ]
   for b in range(2):
     np.testing.assert_allclose(batched[0][b], scale[b] * singles[b][0], rtol=1e-5, atol=1e-7)
-  np.testing.assert_allclose(batched[1], scale[0] * singles[0][1] + scale[1] * singles[1][1],
-                             rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    batched[1], scale[0] * singles[0][1] + scale[1] * singles[1][1], rtol=1e-5, atol=1e-7
+  )
   half = jnp.asarray(probs).astype(jnp.bfloat16)
   grad_half = jax.grad(total)(half, labels, e_logits)
   assert grad_half.dtype == jnp.bfloat16
   grad_rounded = jax.grad(total)(half.astype(jnp.float32), labels, e_logits)
-  np.testing.assert_allclose(grad_half.astype(np.float32), grad_rounded, rtol=1e-2,
-                             atol=1e-2 * float(jnp.abs(grad_rounded).max()))
+  np.testing.assert_allclose(
+    grad_half.astype(np.float32),
+    grad_rounded,
+    rtol=1e-2,
+    atol=1e-2 * float(jnp.abs(grad_rounded).max()),
+  )
 
 
 def test_gradients_finite_at_exact_zero_and_one():
   labels = np.array([[[0, 1, 1], [0, 0, 1], [2, 2, 255]]], np.int32)
   probs = np.asarray(jax.nn.one_hot(np.array([[[0, 1, 2], [1, 0, 1], [2, 0, 0]]]), 3))
+
   def total(p):
     edge, nonedge = affinity.adaptive_affinity_loss(
-        p, labels, num_classes=3, sizes=(1,), edge_logits=jnp.zeros((3, 1)),
-        nonedge_logits=jnp.zeros((3, 1)))
+      p,
+      labels,
+      num_classes=3,
+      sizes=(1,),
+      edge_logits=jnp.zeros((3, 1)),
+      nonedge_logits=jnp.zeros((3, 1)),
+    )
     return jnp.sum(edge) + jnp.sum(nonedge)
+
   assert float(total(probs)) > 0
   grads = jax.grad(total)(probs)
   assert np.all(np.isfinite(grads)) and np.any(grads != 0)
@@ -266,17 +299,23 @@ def test_gradients_finite_at_exact_zero_and_one():
 def test_jit_vmap_and_bfloat16():
   probs, labels = random_case(12)
   zeros = jnp.zeros((4, 3))
-  fn = jax.jit(affinity.adaptive_affinity_loss,
-               static_argnames=('num_classes', 'sizes', 'margin'))
-  eager = affinity.adaptive_affinity_loss(probs, labels, num_classes=4, edge_logits=zeros,
-                                          nonedge_logits=zeros)
-  jitted = fn(probs, labels, num_classes=4, sizes=(1, 2, 3), margin=3.0, edge_logits=zeros,
-              nonedge_logits=zeros)
+  fn = jax.jit(affinity.adaptive_affinity_loss, static_argnames=('num_classes', 'sizes', 'margin'))
+  eager = affinity.adaptive_affinity_loss(
+    probs, labels, num_classes=4, edge_logits=zeros, nonedge_logits=zeros
+  )
+  jitted = fn(
+    probs,
+    labels,
+    num_classes=4,
+    sizes=(1, 2, 3),
+    margin=3.0,
+    edge_logits=zeros,
+    nonedge_logits=zeros,
+  )
   np.testing.assert_allclose(jitted, eager, rtol=1e-6)
   # vmap over a leading axis of ensembles: each slice equals its own call.
   stacked_p, stacked_l = np.stack([probs, probs[::-1]]), np.stack([labels, labels[:, ::-1]])
-  vmapped = jax.vmap(lambda p, l: affinity.affinity_loss(p, l, num_classes=4))(stacked_p,
-                                                                                stacked_l)
+  vmapped = jax.vmap(lambda p, l: affinity.affinity_loss(p, l, num_classes=4))(stacked_p, stacked_l)
   for b in range(2):
     single = affinity.affinity_loss(stacked_p[b], stacked_l[b], num_classes=4)
     np.testing.assert_allclose(np.array(vmapped)[:, b], single, rtol=1e-6)
@@ -289,15 +328,20 @@ def test_jit_vmap_and_bfloat16():
 def test_no_five_dimensional_intermediate():
   """Nothing of shape [N,H,W,C,8] (or any rank-5 array) is built, forward or backward."""
   probs, labels = random_case(13)
+
   def total(p, e, n):
-    edge, nonedge = affinity.adaptive_affinity_loss(p, labels, num_classes=4,
-                                                    edge_logits=e, nonedge_logits=n)
+    edge, nonedge = affinity.adaptive_affinity_loss(
+      p, labels, num_classes=4, edge_logits=e, nonedge_logits=n
+    )
     return jnp.sum(edge + nonedge)
-  jaxpr = jax.make_jaxpr(jax.grad(total, argnums=(0, 1, 2)))(probs, jnp.zeros((4, 3)),
-                                                             jnp.zeros((4, 3)))
+
+  jaxpr = jax.make_jaxpr(jax.grad(total, argnums=(0, 1, 2)))(
+    probs, jnp.zeros((4, 3)), jnp.zeros((4, 3))
+  )
   n, h, w, c = probs.shape
   limit = n * (h + 6) * (w + 6) * c  # views padded by s <= 3 are fine; 8 stacked copies are not
   assert limit < 8 * probs.size
+
   def walk(jaxpr):
     for eqn in jaxpr.eqns:
       for var in eqn.outvars:
@@ -305,20 +349,22 @@ def test_no_five_dimensional_intermediate():
         assert len(shape) <= 4 and int(np.prod(shape)) <= limit, (eqn.primitive, shape)
       for sub in jax.extend.core.jaxprs_in_params(eqn.params):
         walk(sub)
+
   walk(jaxpr.jaxpr)
 
 
 def test_loss_decay():
   np.testing.assert_allclose(affinity.loss_decay(0, 100), 1.0)
-  np.testing.assert_allclose(affinity.loss_decay(50, 100), 10 ** -0.5, rtol=1e-6)
+  np.testing.assert_allclose(affinity.loss_decay(50, 100), 10**-0.5, rtol=1e-6)
   np.testing.assert_allclose(affinity.loss_decay(100, 100), 0.1, rtol=1e-6)
-  np.testing.assert_allclose(jax.jit(affinity.loss_decay)(jnp.int32(25), 100), 10 ** -0.25,
-                             rtol=1e-6)
+  np.testing.assert_allclose(jax.jit(affinity.loss_decay)(jnp.int32(25), 100), 10**-0.25, rtol=1e-6)
   with pytest.raises(ValueError, match='num_steps'):
     affinity.loss_decay(1, 0)
 
 
-@pytest.mark.parametrize('kwargs,match', [
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [
     (dict(probs=np.zeros((2, 4, 4)), labels=np.zeros((2, 4, 4), np.int32)), r'probs.*rank 4'),
     (dict(labels=np.zeros((2, 4, 4, 1), np.int32)), r'labels.*rank 3'),
     (dict(labels=np.zeros((2, 4, 5), np.int32)), r'agree on \[N,H,W\].*\[2, 4, 5\]'),
@@ -327,33 +373,46 @@ def test_loss_decay():
     (dict(probs=np.zeros((2, 4, 4, 3), np.int32)), r'probs must be a floating dtype'),
     (dict(num_classes=5), r'3 channels but num_classes=5'),
     (dict(size=0), r'size must hold ints >= 1.*0'),
-])
+  ],
+)
 def test_bad_input_affinity(kwargs, match):
-  args = dict(probs=np.full((2, 4, 4, 3), 1 / 3, np.float32),
-              labels=np.zeros((2, 4, 4), np.int32), num_classes=3)
+  args = dict(
+    probs=np.full((2, 4, 4, 3), 1 / 3, np.float32),
+    labels=np.zeros((2, 4, 4), np.int32),
+    num_classes=3,
+  )
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
     affinity.affinity_loss(args.pop('probs'), args.pop('labels'), **args)
 
 
-@pytest.mark.parametrize('kwargs,match', [
+@pytest.mark.parametrize(
+  'kwargs,match',
+  [
     (dict(sizes=()), r'sizes must name at least one'),
     (dict(sizes=(1, -2)), r'sizes must hold ints >= 1.*-2'),
     (dict(edge_logits=np.zeros((3, 2))), r'edge_logits must have shape.*\[3, 3\].*\[3, 2\]'),
     (dict(nonedge_logits=np.zeros((4, 3))), r'nonedge_logits must have shape.*\[4, 3\]'),
-])
+  ],
+)
 def test_bad_input_adaptive(kwargs, match):
   args = dict(num_classes=3, edge_logits=np.zeros((3, 3)), nonedge_logits=np.zeros((3, 3)))
   args.update(kwargs)
   with pytest.raises(ValueError, match=match):
-    affinity.adaptive_affinity_loss(np.full((1, 4, 4, 3), 1 / 3, np.float32),
-                                    np.zeros((1, 4, 4), np.int32), **args)
+    affinity.adaptive_affinity_loss(
+      np.full((1, 4, 4, 3), 1 / 3, np.float32), np.zeros((1, 4, 4), np.int32), **args
+    )
 
 
 # ---- properties -------------------------------------------------------------------------
 
-_total_aaf = jax.jit(lambda p, l, e, n: jnp.stack(affinity.adaptive_affinity_loss(
-    p, l, num_classes=4, sizes=(1, 2), edge_logits=e, nonedge_logits=n)))
+_total_aaf = jax.jit(
+  lambda p, l, e, n: jnp.stack(
+    affinity.adaptive_affinity_loss(
+      p, l, num_classes=4, sizes=(1, 2), edge_logits=e, nonedge_logits=n
+    )
+  )
+)
 _PROPS = hypothesis.settings(max_examples=15, deadline=None, derandomize=True)
 
 
@@ -366,14 +425,19 @@ def test_property_symmetries(seed):
   base = _total_aaf(probs, labels, e, n)
   order = rng.permutation(3)
   variants = {
-      'batch order': (probs[order], labels[order]),
-      'left-right': (probs[:, :, ::-1], labels[:, :, ::-1]),
-      'up-down': (probs[:, ::-1], labels[:, ::-1]),
-      'transpose': (probs.transpose(0, 2, 1, 3), labels.transpose(0, 2, 1)),
+    'batch order': (probs[order], labels[order]),
+    'left-right': (probs[:, :, ::-1], labels[:, :, ::-1]),
+    'up-down': (probs[:, ::-1], labels[:, ::-1]),
+    'transpose': (probs.transpose(0, 2, 1, 3), labels.transpose(0, 2, 1)),
   }
   for name, (p, l) in variants.items():
-    np.testing.assert_allclose(_total_aaf(np.ascontiguousarray(p), np.ascontiguousarray(l),
-                                          e, n), base, rtol=2e-5, atol=1e-7, err_msg=name)
+    np.testing.assert_allclose(
+      _total_aaf(np.ascontiguousarray(p), np.ascontiguousarray(l), e, n),
+      base,
+      rtol=2e-5,
+      atol=1e-7,
+      err_msg=name,
+    )
 
 
 @_PROPS
@@ -386,8 +450,12 @@ def test_property_class_permutation(seed):
   new_labels = np.where(labels == 255, 255, perm[np.minimum(labels, 3)]).astype(np.int32)
   inverse = np.argsort(perm)
   new_probs = probs[..., inverse]  # channel perm[c] of the new tensor holds old channel c
-  np.testing.assert_allclose(_total_aaf(new_probs, new_labels, e[inverse], n[inverse]),
-                             _total_aaf(probs, labels, e, n), rtol=2e-5, atol=1e-7)
+  np.testing.assert_allclose(
+    _total_aaf(new_probs, new_labels, e[inverse], n[inverse]),
+    _total_aaf(probs, labels, e, n),
+    rtol=2e-5,
+    atol=1e-7,
+  )
 
 
 _total_af = jax.jit(lambda p, l: sum(affinity.affinity_loss(p, l, num_classes=4, size=1)))

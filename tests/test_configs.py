@@ -11,8 +11,9 @@ from configs import common, synthetic
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('arg,kind', [(None, 'aaf'), ('ce', 'ce'), ('affinity', 'affinity'),
-                                      ('aaf,steps=7', 'aaf')])
+@pytest.mark.parametrize(
+  'arg,kind', [(None, 'aaf'), ('ce', 'ce'), ('affinity', 'affinity'), ('aaf,steps=7', 'aaf')]
+)
 def test_loss_kind_arguments(arg, kind):
   config = synthetic.get_config(arg)
   assert config.loss.kind == kind
@@ -39,10 +40,18 @@ def test_config_is_locked():
 
 def test_launch_rejects_an_unknown_override(tmp_path):
   out = subprocess.run(
-      [sys.executable, os.path.join(ROOT, 'launch.py'),
-       f'--config={os.path.join(ROOT, "configs", "synthetic.py")}',
-       f'--workdir={tmp_path}', '--config.loss.margni=2.0'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      os.path.join(ROOT, 'launch.py'),
+      f'--config={os.path.join(ROOT, "configs", "synthetic.py")}',
+      f'--workdir={tmp_path}',
+      '--config.loss.margni=2.0',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode != 0
   assert 'margni' in out.stderr
   assert not (tmp_path / 'checkpoints').exists()
@@ -51,6 +60,7 @@ def test_launch_rejects_an_unknown_override(tmp_path):
 @pytest.mark.parametrize('loss', ['ce', 'affinity', 'aaf'])
 def test_paper_configs(loss):
   from configs import cityscapes, voc
+
   stage1 = voc.get_config(f'stage1,{loss}')
   assert (stage1.data.train_split, stage1.optimizer.learning_rate) == ('train_aug', 1e-3)
   assert stage1.data.crop_size == 336 and stage1.batch_size == 8
@@ -62,8 +72,7 @@ def test_paper_configs(loss):
   assert (stage2.data.train_split, stage2.optimizer.learning_rate) == ('train', 1e-4)
   assert stage2.init_checkpoint == '/runs/voc1' and not stage2.model.pretrained
   city = cityscapes.get_config(loss)
-  assert (city.data.crop_size, city.num_train_steps, city.data.name) == (720, 90_000,
-                                                                          'cityscapes')
+  assert (city.data.crop_size, city.num_train_steps, city.data.name) == (720, 90_000, 'cityscapes')
   for config in (stage1, stage2, city):
     assert config.loss.kind == loss
     assert (config.data.min_scale, config.data.max_scale) == (0.5, 2.0)
@@ -72,6 +81,7 @@ def test_paper_configs(loss):
 
 def test_voc_stage_arguments_are_checked():
   from configs import voc
+
   with pytest.raises(ValueError, match='exactly one of stage1, stage2'):
     voc.get_config('aaf')
   with pytest.raises(ValueError, match='stage2 needs init='):
@@ -81,6 +91,7 @@ def test_voc_stage_arguments_are_checked():
 def test_missing_pretrained_file_fails_at_start_up(tmp_path):
   from aaf_jax import train
   from configs import voc
+
   config = voc.get_config(f'stage1,pretrained={tmp_path}/missing.msgpack')
   with pytest.raises(FileNotFoundError, match=r'config.model.pretrained=.*missing.msgpack'):
     train.train_and_evaluate(config, str(tmp_path / 'run'))

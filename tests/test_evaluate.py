@@ -32,22 +32,29 @@ def test_absent_class_has_no_iou_and_is_left_out_of_the_mean():
 
 class Identity(nn.Module):
   """Logits = the first C image channels, so predictions are whatever the test paints."""
+
   num_classes: int
 
   @nn.compact
   def __call__(self, images, train=False):
-    return {'logits': images[..., :self.num_classes]}
+    return {'logits': images[..., : self.num_classes]}
 
 
 def test_eval_step_counts_valid_pixels_once():
   mesh = sharding.make_mesh()
   preds = np.array([[[0, 1], [2, 2]], [[1, 1], [1, 1]]])
   labels = np.array([[[0, 1], [1, 255]], [[0, 0], [0, 0]]], np.int32)
-  batch = {'image': np.asarray(jax.nn.one_hot(preds, 3), np.float32),
-           'label': labels, 'valid': np.array([True, False])}  # example 2 is padding
+  batch = {
+    'image': np.asarray(jax.nn.one_hot(preds, 3), np.float32),
+    'label': labels,
+    'valid': np.array([True, False]),
+  }  # example 2 is padding
   # A second batch in which both examples count: every batch, the last included, is summed.
-  second = {'image': batch['image'][::-1].copy(), 'label': labels[::-1].copy(),
-            'valid': np.array([True, True])}
+  second = {
+    'image': batch['image'][::-1].copy(),
+    'label': labels[::-1].copy(),
+    'valid': np.array([True, True]),
+  }
   step = evaluate.jit_eval_step(Identity(3), 3, mesh, sharding.replicated(mesh))
   confusion, kept = evaluate.run_evaluation(step, {}, [batch, second], mesh, 3, num_keep=5)
   expected = np.zeros((3, 3), int)
@@ -75,6 +82,7 @@ def test_results_json_is_written_atomically(tmp_path):
 
 # --- the recipe's inference: sliding windows, scales, flip ---
 
+
 def identity_logits(images):
   return images[..., :3]  # a stride-1 "network": logits = the image's channels
 
@@ -88,9 +96,17 @@ def _random_images(shape, seed=0):
   return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-@pytest.mark.parametrize('height,width,window,stride', [
-    (37, 53, 16, 10), (37, 53, 16, 16), (37, 53, 16, 1), (20, 24, 32, 8), (16, 16, 16, 5),
-    (30, 12, 13, 7)])
+@pytest.mark.parametrize(
+  'height,width,window,stride',
+  [
+    (37, 53, 16, 10),
+    (37, 53, 16, 16),
+    (37, 53, 16, 1),
+    (20, 24, 32, 8),
+    (16, 16, 16, 5),
+    (30, 12, 13, 7),
+  ],
+)
 def test_sliding_windows_give_the_whole_image_result(height, width, window, stride):
   images = _random_images((2, height, width, 3))
   whole = _probs(images)
@@ -99,9 +115,20 @@ def test_sliding_windows_give_the_whole_image_result(height, width, window, stri
   np.testing.assert_array_equal(sliding.argmax(-1), whole.argmax(-1))
 
 
-@pytest.mark.parametrize('length,window,stride', [
-    (37, 16, 10), (53, 16, 10), (16, 16, 3), (5, 16, 10), (100, 7, 7), (101, 7, 7),
-    (101, 7, 1), (1024, 480, 320), (3584, 720, 480)])
+@pytest.mark.parametrize(
+  'length,window,stride',
+  [
+    (37, 16, 10),
+    (53, 16, 10),
+    (16, 16, 3),
+    (5, 16, 10),
+    (100, 7, 7),
+    (101, 7, 7),
+    (101, 7, 1),
+    (1024, 480, 320),
+    (3584, 720, 480),
+  ],
+)
 def test_windows_cover_every_pixel_and_end_flush(length, window, stride):
   starts = evaluate.window_starts(length, window, stride)
   canvas = max(length, window)
@@ -109,15 +136,16 @@ def test_windows_cover_every_pixel_and_end_flush(length, window, stride):
   assert all(0 < b - a <= stride for a, b in zip(starts, starts[1:]))
   covered = np.zeros(canvas, int)
   for s in starts:
-    covered[s:s + window] += 1
+    covered[s : s + window] += 1
   assert covered.min() >= 1
 
 
 def test_flip_mirrors_the_prediction_back():
   images = _random_images((2, 12, 17, 3), seed=1)  # asymmetric: a missing un-mirror shows
   for options in ({}, {'window': 8, 'stride': 5}):
-    np.testing.assert_allclose(_probs(images, flip=True, **options),
-                               2 * _probs(images, **options), atol=1e-6)
+    np.testing.assert_allclose(
+      _probs(images, flip=True, **options), 2 * _probs(images, **options), atol=1e-6
+    )
 
 
 def test_multi_scale_of_constant_regions_keeps_the_regions():
@@ -134,6 +162,7 @@ def test_scales_resize_the_input_and_sum_probabilities():
   def width_logits(images):  # class 0 wins on wide inputs, class 1 on narrow ones
     n, h, w, _ = images.shape
     return jnp.broadcast_to(jnp.array([w / 10, 2.0, 0.0]), (n, h, w, 3))
+
   scales = (0.5, 1.0, 1.25)
   probs = _probs(np.zeros((1, 10, 30, 3), np.float32), width_logits, scales=scales)
   expected = sum(jax.nn.softmax(jnp.array([round(s * 30) / 10, 2.0, 0.0])) for s in scales)
@@ -151,15 +180,18 @@ class StridedConv(nn.Module):
 
 def _reference_probs(apply_fn, images, window, stride, scales, flip):
   """The authors' loop (pad, windows, softmax, average, resize, un-mirror, sum), in NumPy."""
+
   def resize(x, h, w):
-    return np.asarray(jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), 'linear',
-                                       antialias=False))
+    return np.asarray(
+      jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), 'linear', antialias=False)
+    )
+
   n, height, width, _ = images.shape
   total = np.zeros((n, height, width, 3))
   for scale in scales:
     h, w = round(scale * height), round(scale * width)
     scaled = resize(images, h, w)
-    for mirrored in ([False, True] if flip else [False]):
+    for mirrored in [False, True] if flip else [False]:
       img = scaled[:, :, ::-1] if mirrored else scaled
       ph, pw = max(h, window), max(w, window)
       canvas = np.zeros((n, ph, pw, 3), np.float32)
@@ -167,10 +199,10 @@ def _reference_probs(apply_fn, images, window, stride, scales, flip):
       acc, count = np.zeros((n, ph, pw, 3)), np.zeros((ph, pw))
       for y in evaluate.window_starts(h, window, stride):
         for x in evaluate.window_starts(w, window, stride):
-          logits = np.asarray(apply_fn(canvas[:, y:y + window, x:x + window]))
+          logits = np.asarray(apply_fn(canvas[:, y : y + window, x : x + window]))
           probs = np.asarray(jax.nn.softmax(resize(logits, window, window), axis=-1))
-          acc[:, y:y + window, x:x + window] += probs
-          count[y:y + window, x:x + window] += 1
+          acc[:, y : y + window, x : x + window] += probs
+          count[y : y + window, x : x + window] += 1
       probs = resize((acc / count[..., None])[:, :h, :w].astype(np.float32), height, width)
       total += probs[:, :, ::-1] if mirrored else probs
   return total
@@ -182,16 +214,19 @@ def test_sliding_scales_and_flip_match_a_reference_loop():
   variables = model.init(jax.random.key(0), images[:, :8, :8])
   apply_fn = lambda x: model.apply(variables, x)['logits']
   options = dict(window=12, stride=8, scales=(0.5, 1.0, 1.25), flip=True)
-  np.testing.assert_allclose(_probs(images, apply_fn, **options),
-                             _reference_probs(apply_fn, images, **options), atol=1e-5)
+  np.testing.assert_allclose(
+    _probs(images, apply_fn, **options), _reference_probs(apply_fn, images, **options), atol=1e-5
+  )
 
 
 def test_sliding_eval_step_counts_like_the_whole_image_step():
   mesh = sharding.make_mesh()
   rng = np.random.default_rng(3)
-  batch = {'image': _random_images((2, 21, 26, 3), seed=3),
-           'label': rng.integers(0, 3, (2, 21, 26)).astype(np.int32),
-           'valid': np.array([True, True])}
+  batch = {
+    'image': _random_images((2, 21, 26, 3), seed=3),
+    'label': rng.integers(0, 3, (2, 21, 26)).astype(np.int32),
+    'valid': np.array([True, True]),
+  }
   batch['label'][1, 15:] = 255  # padding rows
   results = []
   for options in ({}, {'window': 10, 'stride': 6, 'scales': (1.0,), 'flip': True}):
@@ -201,10 +236,17 @@ def test_sliding_eval_step_counts_like_the_whole_image_step():
   assert results[0].sum() == 2 * 21 * 26 - 6 * 26
 
 
-@pytest.mark.parametrize('options,field', [
-    ({'window': -1}, 'config.eval.window'), ({'window': 16, 'stride': 0}, 'config.eval.stride'),
-    ({'window': 16, 'stride': 17}, 'config.eval.stride'), ({'scales': ()}, 'config.eval.scales'),
-    ({'scales': (1.0, 0.0)}, 'config.eval.scales'), ({'flip': 1}, 'config.eval.flip')])
+@pytest.mark.parametrize(
+  'options,field',
+  [
+    ({'window': -1}, 'config.eval.window'),
+    ({'window': 16, 'stride': 0}, 'config.eval.stride'),
+    ({'window': 16, 'stride': 17}, 'config.eval.stride'),
+    ({'scales': ()}, 'config.eval.scales'),
+    ({'scales': (1.0, 0.0)}, 'config.eval.scales'),
+    ({'flip': 1}, 'config.eval.flip'),
+  ],
+)
 def test_bad_eval_options_name_the_field(options, field):
   with pytest.raises(ValueError, match=field.replace('.', r'\.')):
     evaluate.make_eval_step(Identity(3), 3, **options)
@@ -212,12 +254,13 @@ def test_bad_eval_options_name_the_field(options, field):
 
 def test_configs_carry_the_recipes_inference():
   from configs import cityscapes, synthetic, voc
+
   six_scales = (0.5, 0.75, 1.0, 1.25, 1.5, 1.75)
   expected = {
-      'synthetic': (synthetic.get_config(), (0, 0, (1.0,), False)),
-      'voc stage1': (voc.get_config('stage1'), (480, 320, (1.0,), False)),
-      'voc stage2': (voc.get_config('stage2,init=/runs/voc1'), (480, 320, six_scales, True)),
-      'cityscapes': (cityscapes.get_config(), (720, 480, six_scales, True)),
+    'synthetic': (synthetic.get_config(), (0, 0, (1.0,), False)),
+    'voc stage1': (voc.get_config('stage1'), (480, 320, (1.0,), False)),
+    'voc stage2': (voc.get_config('stage2,init=/runs/voc1'), (480, 320, six_scales, True)),
+    'cityscapes': (cityscapes.get_config(), (720, 480, six_scales, True)),
   }
   for name, (config, values) in expected.items():
     e = config.eval
@@ -225,7 +268,7 @@ def test_configs_carry_the_recipes_inference():
     evaluate.make_eval_step(Identity(3), 3, **e.to_dict())  # valid options
 
 
-_EIGHT_DEVICES = '''
+_EIGHT_DEVICES = """
 import jax, numpy as np
 from aaf_jax import evaluate, sharding
 from tests.test_evaluate import StridedConv
@@ -241,14 +284,19 @@ confusion, kept = evaluate.run_evaluation(step, variables, [batch], mesh, 3, num
 want_confusion, want_preds = evaluate.make_eval_step(model, 3, **options)(variables, batch)
 np.testing.assert_array_equal(confusion, np.asarray(want_confusion))
 np.testing.assert_array_equal(np.stack([k[2] for k in kept]), np.asarray(want_preds))
-'''
+"""
 
 
 def test_sliding_flip_eval_on_eight_devices_matches_one():
   """Windows, scales and the flipped views stay correct with the batch split over 8 devices."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
-             PYTHONPATH=root)
-  out = subprocess.run([sys.executable, '-c', _EIGHT_DEVICES], cwd=root, env=env,
-                       capture_output=True, text=True, timeout=300)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', PYTHONPATH=root)
+  out = subprocess.run(
+    [sys.executable, '-c', _EIGHT_DEVICES],
+    cwd=root,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert out.returncode == 0, out.stderr[-3000:]

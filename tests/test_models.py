@@ -16,8 +16,9 @@ from aaf_jax.models import pspnet, resnet
 def tiny_cfg(name='pspnet', **overrides):
   """A network small enough to run forward and backward in well under a second."""
   cfg = models.default_config(name)
-  cfg.update(dict(backbone='resnet10', base_width=8, stem_width=8, layout='torchvision',
-                  output_stride=8))
+  cfg.update(
+    dict(backbone='resnet10', base_width=8, stem_width=8, layout='torchvision', output_stride=8)
+  )
   if name in ('pspnet', 'deeplabv3'):
     cfg.head_width = 16
   if name != 'pspnet':
@@ -33,11 +34,13 @@ def init(model, shape):
 
 
 def eval_shapes(model, shape, train=False):
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape),
-                                                train=False))
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(shape), train=False)
+  )
   mutable = ['batch_stats'] if train else False
-  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(shape), train=train, mutable=mutable),
-                       variables)
+  out = jax.eval_shape(
+    lambda v: model.apply(v, jnp.zeros(shape), train=train, mutable=mutable), variables
+  )
   return variables, out[0] if train else out
 
 
@@ -46,6 +49,7 @@ def count(tree):
 
 
 # --- the registry -------------------------------------------------------------------------
+
 
 def test_unknown_name_lists_the_registered_ones():
   with pytest.raises(ValueError, match=r"'segformer'.*deeplabv2.*deeplabv3.*pspnet"):
@@ -94,12 +98,14 @@ def test_presets_build():
 
 # --- shapes and strides --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize('name', ['pspnet', 'deeplabv2', 'deeplabv3'])
 @pytest.mark.parametrize('layout', ['torchvision', 'slim'])
 @pytest.mark.parametrize('output_stride', [8, 16])
 def test_logit_shapes(name, layout, output_stride):
-  model = models.build_model(tiny_cfg(name, layout=layout, output_stride=output_stride,
-                                      aux_head=True), num_classes=5)
+  model = models.build_model(
+    tiny_cfg(name, layout=layout, output_stride=output_stride, aux_head=True), num_classes=5
+  )
   for h, w in ((33, 33), (48, 65)):
     variables, out = eval_shapes(model, (2, h, w, 3))
     expected = (2, -(-h // output_stride), -(-w // output_stride), 5)
@@ -117,12 +123,19 @@ def test_tiny_preset_runs_at_stride_4():
 
 
 @pytest.mark.parametrize('layout', ['torchvision', 'slim'])
-@pytest.mark.parametrize('output_stride,strides', [
-    (32, (4, 8, 16, 32)), (16, (4, 8, 16, 16)), (8, (4, 8, 8, 8))])
+@pytest.mark.parametrize(
+  'output_stride,strides', [(32, (4, 8, 16, 32)), (16, (4, 8, 16, 16)), (8, (4, 8, 8, 8))]
+)
 def test_stage_strides(layout, output_stride, strides):
   """Stage outputs per layout: slim strides at the end of the previous stage."""
-  net = resnet.ResNet(block='basic', stage_sizes=(2, 2, 2, 2), base_width=4, stem_width=4,
-                      layout=layout, output_stride=output_stride)
+  net = resnet.ResNet(
+    block='basic',
+    stage_sizes=(2, 2, 2, 2),
+    base_width=4,
+    stem_width=4,
+    layout=layout,
+    output_stride=output_stride,
+  )
   _, feats = eval_shapes(net, (1, 64, 64, 3))
   if layout == 'slim':
     strides = tuple(min(2 * s, output_stride) for s in strides[:3]) + strides[3:]
@@ -130,8 +143,15 @@ def test_stage_strides(layout, output_stride, strides):
 
 
 def test_deep_stem_and_no_pool():
-  net = resnet.ResNet(block='basic', stage_sizes=(1, 1), base_width=4, stem_width=8,
-                      stem='deep', stem_pool=False, output_stride=4)
+  net = resnet.ResNet(
+    block='basic',
+    stage_sizes=(1, 1),
+    base_width=4,
+    stem_width=8,
+    stem='deep',
+    stem_pool=False,
+    output_stride=4,
+  )
   variables, feats = eval_shapes(net, (1, 32, 32, 3))
   assert feats['stage2'].shape == (1, 8, 8, 8)
   widths = [variables['params'][f'stem_conv{k}']['kernel'].shape[-1] for k in (1, 2, 3)]
@@ -148,8 +168,14 @@ def test_resnet101_shapes_at_stride_8():
 def test_dilation_rates_follow_slim_rule():
   """The unit that would have strided keeps the previous rate; later ones get the new one."""
   for layout in resnet.LAYOUTS:
-    plans = resnet.plan_units(block='bottleneck', stage_sizes=(3, 4, 6, 3), base_width=64,
-                              stem_width=64, layout=layout, output_stride=8)
+    plans = resnet.plan_units(
+      block='bottleneck',
+      stage_sizes=(3, 4, 6, 3),
+      base_width=64,
+      stem_width=64,
+      layout=layout,
+      output_stride=8,
+    )
     rates = {(p.stage, p.index): p.rate for p in plans}
     assert all(p.stride == 1 for p in plans if p.out_stride == 8 and p.stage >= 3)
     if layout == 'torchvision':
@@ -160,8 +186,11 @@ def test_dilation_rates_follow_slim_rule():
 
 # --- parameter counts (published, with a 1000-class classifier) ------------------------------
 
-@pytest.mark.parametrize('backbone,expected', [
-    ('resnet18', 11_689_512), ('resnet50', 25_557_032), ('resnet101', 44_549_160)])
+
+@pytest.mark.parametrize(
+  'backbone,expected',
+  [('resnet18', 11_689_512), ('resnet50', 25_557_032), ('resnet101', 44_549_160)],
+)
 @pytest.mark.parametrize('layout', ['torchvision', 'slim'])
 def test_parameter_counts(backbone, expected, layout):
   block, stage_sizes = resnet.BACKBONES[backbone]
@@ -185,8 +214,7 @@ def psp_variables():
 
 def _forward(model, variables, train):
   if train:
-    return jax.jit(lambda v: model.apply(v, IMAGES, train=True, mutable=['batch_stats']))(
-        variables)
+    return jax.jit(lambda v: model.apply(v, IMAGES, train=True, mutable=['batch_stats']))(variables)
   return jax.jit(lambda v: model.apply(v, IMAGES, train=False))(variables)
 
 
@@ -196,13 +224,16 @@ def _sgd_steps(model, variables, steps=3):
   @jax.jit
   def step(params, batch_stats, opt_state):
     def loss_fn(p):
-      out, updates = model.apply({'params': p, 'batch_stats': batch_stats}, IMAGES, train=True,
-                                 mutable=['batch_stats'])
+      out, updates = model.apply(
+        {'params': p, 'batch_stats': batch_stats}, IMAGES, train=True, mutable=['batch_stats']
+      )
       loss = optax.softmax_cross_entropy_with_integer_labels(out['logits'], LABELS).mean()
       if 'aux_logits' in out:
-        loss += 0.4 * optax.softmax_cross_entropy_with_integer_labels(
-            out['aux_logits'], LABELS).mean()
+        loss += (
+          0.4 * optax.softmax_cross_entropy_with_integer_labels(out['aux_logits'], LABELS).mean()
+        )
       return loss, updates['batch_stats']
+
     (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), new_stats, opt_state, loss
@@ -217,8 +248,7 @@ def _sgd_steps(model, variables, steps=3):
 
 
 def _changed(before, after):
-  return [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before),
-                                                   jax.tree.leaves(after))]
+  return [not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after))]
 
 
 @pytest.mark.parametrize('name', ['pspnet', 'deeplabv2', 'deeplabv3'])
@@ -241,14 +271,20 @@ def test_frozen_bn_keeps_batch_stats_and_trains_like_eval(psp_variables):
 
 
 def test_bn_momentum_and_epsilon_are_used(psp_variables):
-  model = models.build_model(tiny_cfg(aux_head=True, bn_momentum=0.75, bn_epsilon=0.5),
-                             num_classes=3)
+  model = models.build_model(
+    tiny_cfg(aux_head=True, bn_momentum=0.75, bn_epsilon=0.5), num_classes=3
+  )
   _, updates = _forward(model, psp_variables, train=True)
   conv = psp_variables['params']['backbone']['conv1']['kernel']
-  pre_bn = jax.lax.conv_general_dilated(IMAGES, conv, (2, 2), ((3, 3), (3, 3)),
-                                        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  np.testing.assert_allclose(updates['batch_stats']['backbone']['bn1']['mean'],
-                             0.25 * pre_bn.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-5)
+  pre_bn = jax.lax.conv_general_dilated(
+    IMAGES, conv, (2, 2), ((3, 3), (3, 3)), dimension_numbers=('NHWC', 'HWIO', 'NHWC')
+  )
+  np.testing.assert_allclose(
+    updates['batch_stats']['backbone']['bn1']['mean'],
+    0.25 * pre_bn.mean(axis=(0, 1, 2)),
+    rtol=1e-4,
+    atol=1e-5,
+  )
   bn = model.make_backbone(parent=None)
   assert (bn.bn_momentum, bn.bn_epsilon) == (0.75, 0.5)
 
@@ -256,8 +292,7 @@ def test_bn_momentum_and_epsilon_are_used(psp_variables):
 def test_bfloat16_gives_float32_logits_close_to_float32(psp_variables):
   ref_model = models.build_model(tiny_cfg(aux_head=True), num_classes=3)
   bf16_model = models.build_model(tiny_cfg(aux_head=True), num_classes=3, dtype=jnp.bfloat16)
-  bf16_vars = jax.eval_shape(lambda: bf16_model.init(jax.random.PRNGKey(0), IMAGES,
-                                                     train=False))
+  bf16_vars = jax.eval_shape(lambda: bf16_model.init(jax.random.PRNGKey(0), IMAGES, train=False))
   assert all(a.dtype == jnp.float32 for a in jax.tree.leaves(bf16_vars))
   ref = _forward(ref_model, psp_variables, train=False)
   out = _forward(bf16_model, psp_variables, train=False)

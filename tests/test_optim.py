@@ -9,19 +9,22 @@ import pytest
 
 from aaf_jax import optim
 
-OPT = ml_collections.ConfigDict(dict(learning_rate=0.1, poly_power=0.9, momentum=0.9,
-                                     weight_decay=0.01, head_lr_mult=10.0))
+OPT = ml_collections.ConfigDict(
+  dict(learning_rate=0.1, poly_power=0.9, momentum=0.9, weight_decay=0.01, head_lr_mult=10.0)
+)
 
 
 def params():
   return {
-      'model': {
-          'backbone': {'conv': {'kernel': jnp.ones((3, 3, 2, 4))},
-                       'bn': {'scale': jnp.ones((4,)), 'bias': jnp.zeros((4,))}},
-          'head': {'conv': {'kernel': jnp.ones((1, 1, 4, 3)), 'bias': jnp.zeros((3,))}},
-          'aux_head': {'conv': {'kernel': jnp.ones((1, 1, 4, 3))}},
+    'model': {
+      'backbone': {
+        'conv': {'kernel': jnp.ones((3, 3, 2, 4))},
+        'bn': {'scale': jnp.ones((4,)), 'bias': jnp.zeros((4,))},
       },
-      'aaf': {'edge_logits': jnp.zeros((3, 2)), 'nonedge_logits': jnp.zeros((3, 2))},
+      'head': {'conv': {'kernel': jnp.ones((1, 1, 4, 3)), 'bias': jnp.zeros((3,))}},
+      'aux_head': {'conv': {'kernel': jnp.ones((1, 1, 4, 3))}},
+    },
+    'aaf': {'edge_logits': jnp.zeros((3, 2)), 'nonedge_logits': jnp.zeros((3, 2))},
   }
 
 
@@ -61,11 +64,11 @@ def test_one_step_moves_each_group_in_its_direction():
   np.testing.assert_allclose(updates['model']['backbone']['conv']['kernel'], -lr * (1 + 0.01))
   np.testing.assert_allclose(updates['model']['backbone']['bn']['scale'], -lr)
   # Head: descent at 10x the learning rate.
-  np.testing.assert_allclose(updates['model']['head']['conv']['kernel'], -10 * lr * 1.01,
-                             rtol=1e-6)
+  np.testing.assert_allclose(updates['model']['head']['conv']['kernel'], -10 * lr * 1.01, rtol=1e-6)
   np.testing.assert_allclose(updates['model']['head']['conv']['bias'], -10 * lr, rtol=1e-6)
-  np.testing.assert_allclose(updates['model']['aux_head']['conv']['kernel'], -10 * lr * 1.01,
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    updates['model']['aux_head']['conv']['kernel'], -10 * lr * 1.01, rtol=1e-6
+  )
   # AAF tables: ascent, no decay.
   np.testing.assert_allclose(updates['aaf']['edge_logits'], +lr)
   np.testing.assert_allclose(updates['aaf']['nonedge_logits'], +lr)
@@ -74,7 +77,7 @@ def test_one_step_moves_each_group_in_its_direction():
 def test_poly_schedule_and_momentum():
   schedule = optim.poly_schedule(1e-3, 100, 0.9)
   np.testing.assert_allclose(schedule(0), 1e-3)
-  np.testing.assert_allclose(schedule(50), 1e-3 * 0.5 ** 0.9, rtol=1e-6)
+  np.testing.assert_allclose(schedule(50), 1e-3 * 0.5**0.9, rtol=1e-6)
   np.testing.assert_allclose(schedule(100), 0.0, atol=1e-12)
   p = {'aaf': {'edge_logits': jnp.zeros((1, 1))}}
   tx = optim.make_optimizer(OPT, num_steps=100)
@@ -82,6 +85,7 @@ def test_poly_schedule_and_momentum():
   g = {'aaf': {'edge_logits': jnp.ones((1, 1))}}
   first, state = tx.update(g, state, p)
   second, _ = tx.update(g, state, p)
-  np.testing.assert_allclose(second['aaf']['edge_logits'],
-                             optim.poly_schedule(0.1, 100, 0.9)(1) * (1 + 0.9), rtol=1e-6)
+  np.testing.assert_allclose(
+    second['aaf']['edge_logits'], optim.poly_schedule(0.1, 100, 0.9)(1) * (1 + 0.9), rtol=1e-6
+  )
   assert isinstance(tx, optax.GradientTransformation)

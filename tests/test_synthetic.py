@@ -15,137 +15,141 @@ SMALL = dict(image_size=48, num_train=6, num_validation=3)
 
 
 def options(**overrides):
-    return {**synthetic.OPTION_DEFAULTS, **overrides}
+  return {**synthetic.OPTION_DEFAULTS, **overrides}
 
 
 def make_cfg(data_dir, **synthetic_options):
-    return ml_collections.ConfigDict(dict(name='synthetic', data_dir=str(data_dir),
-                                          manual_dir=None, synthetic=synthetic_options))
+  return ml_collections.ConfigDict(
+    dict(name='synthetic', data_dir=str(data_dir), manual_dir=None, synthetic=synthetic_options)
+  )
 
 
 def raw_records(builder, split):
-    source = builder.as_data_source(
-        split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-    return [source[i] for i in range(len(source))]
+  source = builder.as_data_source(split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+  return [source[i] for i in range(len(source))]
 
 
 @pytest.fixture(scope='module')
 def drawn():
-    """40 default-size training examples: (images [N,H,W,3], labels [N,H,W])."""
-    pairs = [synthetic.draw_example(options(), 'train', i) for i in range(40)]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+  """40 default-size training examples: (images [N,H,W,3], labels [N,H,W])."""
+  pairs = [synthetic.draw_example(options(), 'train', i) for i in range(40)]
+  return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
 
 
 def test_draw_is_deterministic_and_seeded():
-    a = synthetic.draw_example(options(seed=1), 'train', 5)
-    b = synthetic.draw_example(options(seed=1), 'train', 5)
-    c = synthetic.draw_example(options(seed=2), 'train', 5)
-    d = synthetic.draw_example(options(seed=1), 'validation', 5)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x, y)
-    assert not np.array_equal(a[0], c[0])
-    assert not np.array_equal(a[0], d[0])
+  a = synthetic.draw_example(options(seed=1), 'train', 5)
+  b = synthetic.draw_example(options(seed=1), 'train', 5)
+  c = synthetic.draw_example(options(seed=2), 'train', 5)
+  d = synthetic.draw_example(options(seed=1), 'validation', 5)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a[0], c[0])
+  assert not np.array_equal(a[0], d[0])
 
 
 def test_examples_have_expected_shapes_and_labels(drawn):
-    images, labels = drawn
-    assert images.shape == (40, 112, 112, 3) and images.dtype == np.uint8
-    assert labels.shape == (40, 112, 112) and labels.dtype == np.uint8
-    present = set(np.unique(labels).tolist())
-    assert present == set(range(len(synthetic.CLASS_NAMES))) | {255}
+  images, labels = drawn
+  assert images.shape == (40, 112, 112, 3) and images.dtype == np.uint8
+  assert labels.shape == (40, 112, 112) and labels.dtype == np.uint8
+  present = set(np.unique(labels).tolist())
+  assert present == set(range(len(synthetic.CLASS_NAMES))) | {255}
 
 
 def test_every_image_has_objects_and_colour_does_not_give_the_class(drawn):
-    images, labels = drawn
-    assert all((label != 0).mean() > 0.01 for label in labels)
-    # Mean colour per class varies more across images than between classes would allow a
-    # colour lookup: each class's pixels span most of the RGB range.
-    for cls in range(len(synthetic.CLASS_NAMES)):
-        pixels = images[labels == cls]
-        assert np.all(np.ptp(pixels, axis=0) > 200), synthetic.CLASS_NAMES[cls]
+  images, labels = drawn
+  assert all((label != 0).mean() > 0.01 for label in labels)
+  # Mean colour per class varies more across images than between classes would allow a
+  # colour lookup: each class's pixels span most of the RGB range.
+  for cls in range(len(synthetic.CLASS_NAMES)):
+    pixels = images[labels == cls]
+    assert np.all(np.ptp(pixels, axis=0) > 200), synthetic.CLASS_NAMES[cls]
 
 
 def test_thin_classes_are_thin_and_solid_ones_are_not(drawn):
-    _, labels = drawn
+  _, labels = drawn
 
-    def survives_erosion(cls):
-        mask = labels == cls
-        eroded = np.stack([synthetic._binary_shift_op(m, 2, np.logical_and) for m in mask])
-        return eroded.sum() / mask.sum()
+  def survives_erosion(cls):
+    mask = labels == cls
+    eroded = np.stack([synthetic._binary_shift_op(m, 2, np.logical_and) for m in mask])
+    return eroded.sum() / mask.sum()
 
-    for name in ('ring', 'bar', 'star'):
-        assert survives_erosion(synthetic.CLASS_NAMES.index(name)) < 0.02, name
-    for name in ('disc', 'box', 'triangle'):
-        assert survives_erosion(synthetic.CLASS_NAMES.index(name)) > 0.3, name
+  for name in ('ring', 'bar', 'star'):
+    assert survives_erosion(synthetic.CLASS_NAMES.index(name)) < 0.02, name
+  for name in ('disc', 'box', 'triangle'):
+    assert survives_erosion(synthetic.CLASS_NAMES.index(name)) > 0.3, name
 
 
 def test_void_band_lies_along_solid_object_boundaries(drawn):
-    _, labels = drawn
-    void = labels == 255
-    assert 0.001 < void.mean() < 0.1
-    solid = np.isin(labels, [1, 2, 3])
-    near_solid = np.stack([synthetic._binary_shift_op(m, 3, np.logical_or) for m in solid])
-    assert (void & near_solid).sum() > 0.9 * void.sum()
-    no_void = synthetic.draw_example(options(void_prob=0.0), 'train', 0)[1]
-    assert not np.any(no_void == 255)
+  _, labels = drawn
+  void = labels == 255
+  assert 0.001 < void.mean() < 0.1
+  solid = np.isin(labels, [1, 2, 3])
+  near_solid = np.stack([synthetic._binary_shift_op(m, 3, np.logical_or) for m in solid])
+  assert (void & near_solid).sum() > 0.9 * void.sum()
+  no_void = synthetic.draw_example(options(void_prob=0.0), 'train', 0)[1]
+  assert not np.any(no_void == 255)
 
 
 def test_config_name_encodes_options_and_rejects_bad_fields():
-    assert synthetic.make_config(None) is synthetic.DEFAULT_CONFIG
-    assert synthetic.make_config({}) is synthetic.DEFAULT_CONFIG
-    names = {synthetic.make_config(o).name
-             for o in [SMALL, {**SMALL, 'seed': 1}, {**SMALL, 'noise_std': 5.0}]}
-    assert len(names) == 3
-    with pytest.raises(ValueError, match='colour'):
-        synthetic.make_config({'colour': 3})
-    with pytest.raises(ValueError, match='image_size'):
-        synthetic.make_config({'image_size': 8})
-    with pytest.raises(ValueError, match='void_prob'):
-        synthetic.make_config({'void_prob': 1.5})
+  assert synthetic.make_config(None) is synthetic.DEFAULT_CONFIG
+  assert synthetic.make_config({}) is synthetic.DEFAULT_CONFIG
+  names = {
+    synthetic.make_config(o).name
+    for o in [SMALL, {**SMALL, 'seed': 1}, {**SMALL, 'noise_std': 5.0}]
+  }
+  assert len(names) == 3
+  with pytest.raises(ValueError, match='colour'):
+    synthetic.make_config({'colour': 3})
+  with pytest.raises(ValueError, match='image_size'):
+    synthetic.make_config({'image_size': 8})
+  with pytest.raises(ValueError, match='void_prob'):
+    synthetic.make_config({'void_prob': 1.5})
 
 
 def test_get_builder_prepares_once_with_contract_features(tmp_path, monkeypatch):
-    builder = data.get_builder(make_cfg(tmp_path, **SMALL))
-    assert isinstance(builder, synthetic.SyntheticShapes)
-    assert builder.info.splits['train'].num_examples == 6
-    assert builder.info.splits['validation'].num_examples == 3
-    features = builder.info.features
-    assert features['image'].shape == (None, None, 3)
-    assert features['label'].shape == (None, None, 1)
-    assert features['label'].encoding_format == 'png'
-    assert isinstance(features['name'], tfds.features.Text)
-    example = builder.as_data_source('train')[0]
-    assert example['image'].shape == (48, 48, 3) and example['label'].shape == (48, 48, 1)
+  builder = data.get_builder(make_cfg(tmp_path, **SMALL))
+  assert isinstance(builder, synthetic.SyntheticShapes)
+  assert builder.info.splits['train'].num_examples == 6
+  assert builder.info.splits['validation'].num_examples == 3
+  features = builder.info.features
+  assert features['image'].shape == (None, None, 3)
+  assert features['label'].shape == (None, None, 1)
+  assert features['label'].encoding_format == 'png'
+  assert isinstance(features['name'], tfds.features.Text)
+  example = builder.as_data_source('train')[0]
+  assert example['image'].shape == (48, 48, 3) and example['label'].shape == (48, 48, 1)
 
-    def no_regeneration(*args, **kwargs):
-        raise AssertionError('prepared data should have been reused')
+  def no_regeneration(*args, **kwargs):
+    raise AssertionError('prepared data should have been reused')
 
-    monkeypatch.setattr(synthetic.SyntheticShapes, 'download_and_prepare', no_regeneration)
-    again = data.get_builder(make_cfg(tmp_path, **SMALL))
-    assert raw_records(again, 'train') == raw_records(builder, 'train')
-    with pytest.raises(AssertionError, match='reused'):
-        data.get_builder(make_cfg(tmp_path, **{**SMALL, 'seed': 4}))
+  monkeypatch.setattr(synthetic.SyntheticShapes, 'download_and_prepare', no_regeneration)
+  again = data.get_builder(make_cfg(tmp_path, **SMALL))
+  assert raw_records(again, 'train') == raw_records(builder, 'train')
+  with pytest.raises(AssertionError, match='reused'):
+    data.get_builder(make_cfg(tmp_path, **{**SMALL, 'seed': 4}))
 
 
 def test_same_options_give_identical_bytes_other_seed_differs(tmp_path):
-    first = data.get_builder(make_cfg(tmp_path / 'a', **SMALL))
-    second = data.get_builder(make_cfg(tmp_path / 'b', **SMALL))
-    other = data.get_builder(make_cfg(tmp_path / 'a', **{**SMALL, 'seed': 9}))
-    assert other.data_dir != first.data_dir
-    for split in ('train', 'validation'):
-        assert raw_records(first, split) == raw_records(second, split)
-    assert set(raw_records(other, 'train')).isdisjoint(raw_records(first, 'train'))
+  first = data.get_builder(make_cfg(tmp_path / 'a', **SMALL))
+  second = data.get_builder(make_cfg(tmp_path / 'b', **SMALL))
+  other = data.get_builder(make_cfg(tmp_path / 'a', **{**SMALL, 'seed': 9}))
+  assert other.data_dir != first.data_dir
+  for split in ('train', 'validation'):
+    assert raw_records(first, split) == raw_records(second, split)
+  assert set(raw_records(other, 'train')).isdisjoint(raw_records(first, 'train'))
 
 
 def test_registry_rejects_unknown_names_and_missing_data_dir(tmp_path):
-    with pytest.raises(ValueError, match="'nope'.*cityscapes.*gta5.*synthetic.*voc"):
-        data.get_builder(ml_collections.ConfigDict(dict(name='nope', data_dir=str(tmp_path))))
-    with pytest.raises(ValueError, match='data_dir'):
-        data.get_builder(ml_collections.ConfigDict(dict(name='synthetic', data_dir=None)))
+  with pytest.raises(ValueError, match="'nope'.*cityscapes.*gta5.*synthetic.*voc"):
+    data.get_builder(ml_collections.ConfigDict(dict(name='nope', data_dir=str(tmp_path))))
+  with pytest.raises(ValueError, match='data_dir'):
+    data.get_builder(ml_collections.ConfigDict(dict(name='synthetic', data_dir=None)))
 
 
 def test_registry_imports_builders_lazily():
-    code = ('import sys, aaf_jax.data as d; '
-            'assert not any(m.startswith("aaf_jax.data.") for m in sys.modules), sys.modules; '
-            'd.builder_class("synthetic"); assert "aaf_jax.data.synthetic" in sys.modules')
-    subprocess.run([sys.executable, '-c', code], check=True, capture_output=True)
+  code = (
+    'import sys, aaf_jax.data as d; '
+    'assert not any(m.startswith("aaf_jax.data.") for m in sys.modules), sys.modules; '
+    'd.builder_class("synthetic"); assert "aaf_jax.data.synthetic" in sys.modules'
+  )
+  subprocess.run([sys.executable, '-c', code], check=True, capture_output=True)

@@ -26,8 +26,9 @@ def data_dir(tmp_path_factory):
 def test_shrink_labels_and_cross_entropy_ignore_255():
   labels = jnp.array([[[0, 0, 1, 1], [0, 0, 1, 1], [255, 255, 2, 2], [255, 255, 2, 2]]])
   np.testing.assert_array_equal(step.shrink_labels(labels, 2, 2), [[[0, 1], [255, 2]]])
-  logits = jnp.log(jnp.array([[[[0.5, 0.25, 0.25], [0.2, 0.6, 0.2]],
-                               [[0.9, 0.05, 0.05], [0.2, 0.2, 0.6]]]]))
+  logits = jnp.log(
+    jnp.array([[[[0.5, 0.25, 0.25], [0.2, 0.6, 0.2]], [[0.9, 0.05, 0.05], [0.2, 0.2, 0.6]]]])
+  )
   ce, acc, _ = step.cross_entropy(logits, labels, 3)
   np.testing.assert_allclose(ce, -(np.log(0.5) + np.log(0.6) + np.log(0.6)) / 3, rtol=1e-6)
   np.testing.assert_allclose(acc, 1.0)
@@ -39,8 +40,15 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
   saved = json.loads((tmp_path / 'results.json').read_text())
   assert saved['step'] == 4
   assert 0 <= saved['miou'] <= 1 and 0 <= saved['pixel_acc'] <= 1
-  assert set(saved['per_class_iou']) == {'background', 'disc', 'box', 'triangle', 'ring',
-                                         'bar', 'star'}
+  assert set(saved['per_class_iou']) == {
+    'background',
+    'disc',
+    'box',
+    'triangle',
+    'ring',
+    'bar',
+    'star',
+  }
   assert saved == json.loads(json.dumps(results))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
   if loss == 'aaf':
@@ -52,7 +60,8 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
     # --mode=eval on the same workdir reproduces the final evaluation.
     again = train.evaluate_checkpoint(tiny_config(data_dir, loss), str(tmp_path))
     assert {k: again[k] for k in ('miou', 'pixel_acc', 'per_class_iou', 'step')} == {
-        k: saved[k] for k in ('miou', 'pixel_acc', 'per_class_iou', 'step')}
+      k: saved[k] for k in ('miou', 'pixel_acc', 'per_class_iou', 'step')
+    }
   else:
     assert 'field_size_weights' not in saved
 
@@ -63,13 +72,18 @@ def test_one_update_descends_on_the_network_and_ascends_on_the_tables(data_dir):
   tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
   state = step.init_state_fn(model, tx, config, 7, 32)(jax.random.key(0))
   rng = np.random.default_rng(0)
-  batch = {'image': jnp.asarray(rng.normal(size=(4, 32, 32, 3)) * 50, jnp.float32),
-           'label': jnp.asarray(rng.integers(0, 7, size=(4, 32, 32)), jnp.int32)}
+  batch = {
+    'image': jnp.asarray(rng.normal(size=(4, 32, 32, 3)) * 50, jnp.float32),
+    'label': jnp.asarray(rng.integers(0, 7, size=(4, 32, 32)), jnp.int32),
+  }
   train_step = jax.jit(step.make_train_step(model, tx, config, 7))
   loss_fn = step.make_loss_fn(model, config, 7)
+
   def objective(params):
-    return loss_fn(params, state.batch_stats, batch['image'], batch['label'], 0,
-                   jax.random.key(0))[0]
+    return loss_fn(params, state.batch_stats, batch['image'], batch['label'], 0, jax.random.key(0))[
+      0
+    ]
+
   new_state, _, finite = train_step(state, batch)
   assert bool(finite)
   before = objective(state.params)
@@ -91,20 +105,25 @@ def test_gradient_accumulation_matches_one_big_batch(data_dir):
   labels = rng.integers(0, 7, size=(2, 32, 32))
   # Examples in identical pairs: both micro-batches (j mod 2) equal the distinct examples, so
   # BatchNorm statistics and mean losses agree with the whole batch.
-  batch = {'image': jnp.asarray(np.repeat(images, 2, 0), jnp.float32),
-           'label': jnp.asarray(np.repeat(labels, 2, 0), jnp.int32)}
+  batch = {
+    'image': jnp.asarray(np.repeat(images, 2, 0), jnp.float32),
+    'label': jnp.asarray(np.repeat(labels, 2, 0), jnp.int32),
+  }
   one, _, _ = jax.jit(step.make_train_step(model, tx, config, 7))(state, batch)
   two, _, _ = jax.jit(step.make_train_step(model, tx, accum, 7))(state, batch)
   for a, b in zip(jax.tree.leaves(one.params), jax.tree.leaves(two.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('override,match', [
+@pytest.mark.parametrize(
+  'override,match',
+  [
     ({'loss.kind': 'crf'}, r"config.loss.kind='crf' is unknown"),
     ({'batch_size': 0}, r'config.batch_size=0'),
     ({'data.crop_size': 2}, r'crop 2x2.*too small'),
     ({'compute_dtype': 'float16'}, r"config.compute_dtype='float16'"),
-])
+  ],
+)
 def test_bad_config_fails_before_the_first_step(data_dir, tmp_path, override, match):
   with pytest.raises(ValueError, match=match):
     train.train_and_evaluate(tiny_config(data_dir, **override), str(tmp_path))
@@ -113,16 +132,21 @@ def test_bad_config_fails_before_the_first_step(data_dir, tmp_path, override, ma
 
 def test_workdir_of_a_different_model_is_refused(data_dir, tmp_path):
   train.train_and_evaluate(tiny_config(data_dir, num_train_steps=2), str(tmp_path))
-  with pytest.raises(ValueError, match=r'different model.*config.model.head_width: '
-                                       r'checkpoint 8, config 16'):
-    train.train_and_evaluate(tiny_config(data_dir, num_train_steps=4,
-                                         **{'model.head_width': 16}), str(tmp_path))
+  with pytest.raises(
+    ValueError,
+    match=r'different model.*config.model.head_width: '
+    r'checkpoint 8, config 16',
+  ):
+    train.train_and_evaluate(
+      tiny_config(data_dir, num_train_steps=4, **{'model.head_width': 16}), str(tmp_path)
+    )
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
 
 
 def test_non_finite_loss_stops_without_checkpointing_it(data_dir, tmp_path):
-  config = tiny_config(data_dir, 'ce', num_train_steps=6, checkpoint_every_steps=1,
-                       **{'optimizer.learning_rate': 1e30})
+  config = tiny_config(
+    data_dir, 'ce', num_train_steps=6, checkpoint_every_steps=1, **{'optimizer.learning_rate': 1e30}
+  )
   with pytest.raises(FloatingPointError, match=r'at step (\d)') as err:
     train.train_and_evaluate(config, str(tmp_path))
   bad_step = int(err.value.args[0].split('at step ')[1].split(';')[0])
@@ -136,27 +160,43 @@ def test_non_finite_loss_stops_without_checkpointing_it(data_dir, tmp_path):
 
 def _launch(workdir, data_dir, *flags, env=None):
   return subprocess.Popen(
-      [sys.executable, os.path.join(ROOT, 'launch.py'),
-       f'--config={os.path.join(ROOT, "configs", "synthetic.py")}:aaf,steps=12,batch=8,'
-       f'data_dir={data_dir}', f'--workdir={workdir}', '--config.log_every_steps=2',
-       '--config.checkpoint_every_steps=2', '--config.data.synthetic.image_size=32',
-       '--config.data.synthetic.num_train=24', '--config.data.synthetic.num_validation=10',
-       '--config.data.crop_size=32', '--config.data.eval_size=(32, 32)',
-       '--config.model.base_width=8', '--config.model.stem_width=8',
-       '--config.model.head_width=8', *flags],
-      cwd=ROOT, env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True)
+    [
+      sys.executable,
+      os.path.join(ROOT, 'launch.py'),
+      f'--config={os.path.join(ROOT, "configs", "synthetic.py")}:aaf,steps=12,batch=8,'
+      f'data_dir={data_dir}',
+      f'--workdir={workdir}',
+      '--config.log_every_steps=2',
+      '--config.checkpoint_every_steps=2',
+      '--config.data.synthetic.image_size=32',
+      '--config.data.synthetic.num_train=24',
+      '--config.data.synthetic.num_validation=10',
+      '--config.data.crop_size=32',
+      '--config.data.eval_size=(32, 32)',
+      '--config.model.base_width=8',
+      '--config.model.stem_width=8',
+      '--config.model.head_width=8',
+      *flags,
+    ],
+    cwd=ROOT,
+    env={**os.environ, **(env or {})},
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def _final_params(workdir):
   """The latest checkpoint's parameters as NumPy arrays, whatever devices saved them."""
   import orbax.checkpoint as ocp
+
   steps = [int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit()]
   path = os.path.join(workdir, 'checkpoints', str(max(steps)), 'state')
   checkpointer = ocp.PyTreeCheckpointer()
   tree = checkpointer.metadata(path).item_metadata.tree
-  state = checkpointer.restore(path, restore_args=jax.tree.map(
-      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree))
+  state = checkpointer.restore(
+    path, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  )
   return max(steps), state['params']
 
 
@@ -191,8 +231,12 @@ def test_eight_devices_match_one(data_dir, tmp_path):
   runs = {}
   for devices in (1, 8):
     workdir = tmp_path / f'd{devices}'
-    proc = _launch(workdir, data_dir, '--config.num_train_steps=3',
-                   env={'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'})
+    proc = _launch(
+      workdir,
+      data_dir,
+      '--config.num_train_steps=3',
+      env={'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'},
+    )
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out
     runs[devices] = _final_params(workdir)[1]
@@ -205,6 +249,9 @@ def test_train_step_compiles_once(data_dir, tmp_path, caplog):
   caplog.set_level('WARNING')
   with jax.log_compiles(True):
     train.train_and_evaluate(tiny_config(data_dir, 'aaf', num_train_steps=5), str(tmp_path))
-  compiles = [r.getMessage() for r in caplog.records
-              if 'Compiling' in r.getMessage() and 'train_step' in r.getMessage()]
+  compiles = [
+    r.getMessage()
+    for r in caplog.records
+    if 'Compiling' in r.getMessage() and 'train_step' in r.getMessage()
+  ]
   assert len(compiles) == 1, compiles

@@ -12,73 +12,78 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 _BUILDERS = {
-    'synthetic': 'aaf_jax.data.synthetic:SyntheticShapes',
-    'voc': 'aaf_jax.data.voc:VocAug',
-    'cityscapes': 'aaf_jax.data.cityscapes:CityscapesFine',
-    'gta5': 'aaf_jax.data.gta5:Gta5',
+  'synthetic': 'aaf_jax.data.synthetic:SyntheticShapes',
+  'voc': 'aaf_jax.data.voc:VocAug',
+  'cityscapes': 'aaf_jax.data.cityscapes:CityscapesFine',
+  'gta5': 'aaf_jax.data.gta5:Gta5',
 }
 
 FILE_FORMAT = 'array_record'
 
 
 def hide_gpus_from_tensorflow() -> None:
-    """Keeps TensorFlow (used only for input) off the accelerators JAX owns."""
-    try:
-        tf.config.set_visible_devices([], 'GPU')
-    except RuntimeError:
-        # TF's runtime was already initialised by someone else; nothing can be changed now.
-        pass
+  """Keeps TensorFlow (used only for input) off the accelerators JAX owns."""
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:
+    # TF's runtime was already initialised by someone else; nothing can be changed now.
+    pass
 
 
 hide_gpus_from_tensorflow()
 
 
 def register_builder(name: str, builder: 'str | type[tfds.core.DatasetBuilder]') -> None:
-    """Adds (or replaces) a dataset under `name`: a builder class or a 'module:Class' path."""
-    if not isinstance(name, str) or not name:
-        raise ValueError(f'register_builder: name must be a non-empty string, got {name!r}')
-    _BUILDERS[name] = builder
+  """Adds (or replaces) a dataset under `name`: a builder class or a 'module:Class' path."""
+  if not isinstance(name, str) or not name:
+    raise ValueError(f'register_builder: name must be a non-empty string, got {name!r}')
+  _BUILDERS[name] = builder
 
 
 def builder_names() -> tuple[str, ...]:
-    """The dataset names `config.data.name` accepts."""
-    return tuple(sorted(_BUILDERS))
+  """The dataset names `config.data.name` accepts."""
+  return tuple(sorted(_BUILDERS))
 
 
 def builder_class(name: str) -> type:
-    """The builder class registered under `name` (imported on first use)."""
-    if name not in _BUILDERS:
-        raise ValueError(f'Unknown dataset config.data.name={name!r}; '
-                         f'accepted: {", ".join(builder_names())}')
-    target = _BUILDERS[name]
-    if not isinstance(target, str):
-        return target
-    module_name, _, class_name = target.partition(':')
-    module = importlib.import_module(module_name)
-    return getattr(module, class_name)
+  """The builder class registered under `name` (imported on first use)."""
+  if name not in _BUILDERS:
+    raise ValueError(
+      f'Unknown dataset config.data.name={name!r}; accepted: {", ".join(builder_names())}'
+    )
+  target = _BUILDERS[name]
+  if not isinstance(target, str):
+    return target
+  module_name, _, class_name = target.partition(':')
+  module = importlib.import_module(module_name)
+  return getattr(module, class_name)
 
 
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
-    """Constructs the builder named by `data_cfg.name` and prepares its data if not yet there.
+  """Constructs the builder named by `data_cfg.name` and prepares its data if not yet there.
 
-    Prepared data in `data_cfg.data_dir` is reused. A builder class may define a classmethod
-    `builder_kwargs(data_cfg) -> dict` for extra constructor arguments (the synthetic set passes
-    its generation options this way, so each option set gets its own folder).
-    """
-    cls = builder_class(data_cfg.name)
-    data_dir = data_cfg.get('data_dir')
-    if not data_dir:
-        raise ValueError(f'config.data.data_dir must be set for dataset {data_cfg.name!r} '
-                         '(the TFDS folder where prepared data is written and read)')
-    kwargs = cls.builder_kwargs(data_cfg) if hasattr(cls, 'builder_kwargs') else {}
-    builder = cls(data_dir=os.fspath(data_dir), file_format=FILE_FORMAT, **kwargs)
-    if not builder.is_prepared():
-        manual_dir = data_cfg.get('manual_dir')
-        if cls.MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
-            raise ValueError(
-                f'Dataset {data_cfg.name!r} is not prepared in {data_dir} and '
-                'config.data.manual_dir is not set: point it at the extracted official files.')
-        download_config = tfds.download.DownloadConfig(
-            manual_dir=os.fspath(manual_dir) if manual_dir else None)
-        builder.download_and_prepare(download_config=download_config)
-    return builder
+  Prepared data in `data_cfg.data_dir` is reused. A builder class may define a classmethod
+  `builder_kwargs(data_cfg) -> dict` for extra constructor arguments (the synthetic set passes
+  its generation options this way, so each option set gets its own folder).
+  """
+  cls = builder_class(data_cfg.name)
+  data_dir = data_cfg.get('data_dir')
+  if not data_dir:
+    raise ValueError(
+      f'config.data.data_dir must be set for dataset {data_cfg.name!r} '
+      '(the TFDS folder where prepared data is written and read)'
+    )
+  kwargs = cls.builder_kwargs(data_cfg) if hasattr(cls, 'builder_kwargs') else {}
+  builder = cls(data_dir=os.fspath(data_dir), file_format=FILE_FORMAT, **kwargs)
+  if not builder.is_prepared():
+    manual_dir = data_cfg.get('manual_dir')
+    if cls.MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
+      raise ValueError(
+        f'Dataset {data_cfg.name!r} is not prepared in {data_dir} and '
+        'config.data.manual_dir is not set: point it at the extracted official files.'
+      )
+    download_config = tfds.download.DownloadConfig(
+      manual_dir=os.fspath(manual_dir) if manual_dir else None
+    )
+    builder.download_and_prepare(download_config=download_config)
+  return builder

@@ -28,98 +28,97 @@ _LAYOUT = """\
 
 
 def _train_id_table() -> np.ndarray:
-    """[256] int16: labelId -> train id (255 = ignore), -1 where the value is no labelId.
+  """[256] int16: labelId -> train id (255 = ignore), -1 where the value is no labelId.
 
-    From the official table; labelId -1 (license plate) is 255 once stored as uint8.
-    """
-    table = np.full(256, -1, np.int16)
-    for label in cityscapes_labels.labels:
-        table[label.id % 256] = label.trainId if 0 <= label.trainId < NUM_CLASSES else 255
-    return table
+  From the official table; labelId -1 (license plate) is 255 once stored as uint8.
+  """
+  table = np.full(256, -1, np.int16)
+  for label in cityscapes_labels.labels:
+    table[label.id % 256] = label.trainId if 0 <= label.trainId < NUM_CLASSES else 255
+  return table
 
 
 _TRAIN_ID_TABLE = _train_id_table()
 
 CLASS_NAMES = tuple(
-    label.name
-    for label in sorted(cityscapes_labels.labels, key=lambda label: label.trainId)
-    if 0 <= label.trainId < NUM_CLASSES
+  label.name
+  for label in sorted(cityscapes_labels.labels, key=lambda label: label.trainId)
+  if 0 <= label.trainId < NUM_CLASSES
 )
 
 
 def label_ids_to_train_ids(label_ids: np.ndarray, path) -> np.ndarray:
-    """Maps Cityscapes labelIds (-1 or 255 = license plate) to train ids, [H,W] uint8.
+  """Maps Cityscapes labelIds (-1 or 255 = license plate) to train ids, [H,W] uint8.
 
-    A value that is no Cityscapes labelId is a BadExampleError naming `path`.
-    """
-    ids = np.asarray(label_ids).astype(np.int64)
-    ids = np.where(ids == -1, 255, ids)
-    in_table = (ids >= 0) & (ids <= 255)
-    train_ids = np.where(in_table, _TRAIN_ID_TABLE[ids.clip(0, 255)], -1)
-    bad = np.unique(ids[train_ids < 0])
-    if bad.size:
-        raise build.BadExampleError(
-            f'{path}: values {bad[:10].tolist()} are not Cityscapes labelIds (0..33, -1)'
-        )
-    return train_ids.astype(np.uint8)
+  A value that is no Cityscapes labelId is a BadExampleError naming `path`.
+  """
+  ids = np.asarray(label_ids).astype(np.int64)
+  ids = np.where(ids == -1, 255, ids)
+  in_table = (ids >= 0) & (ids <= 255)
+  train_ids = np.where(in_table, _TRAIN_ID_TABLE[ids.clip(0, 255)], -1)
+  bad = np.unique(ids[train_ids < 0])
+  if bad.size:
+    raise build.BadExampleError(
+      f'{path}: values {bad[:10].tolist()} are not Cityscapes labelIds (0..33, -1)'
+    )
+  return train_ids.astype(np.uint8)
 
 
 class CityscapesFine(build.ManualSourceBuilder):
-    """Cityscapes fine train/val, 19 train-id classes."""
+  """Cityscapes fine train/val, 19 train-id classes."""
 
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'Fine train/val, labels mapped to the 19 train ids.'}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract Cityscapes into the manual folder:\n{_LAYOUT}'
-    LAYOUT = _LAYOUT
-    CLASS_NAMES = CLASS_NAMES
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Fine train/val, labels mapped to the 19 train ids.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract Cityscapes into the manual folder:\n{_LAYOUT}'
+  LAYOUT = _LAYOUT
+  CLASS_NAMES = CLASS_NAMES
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(self._common_features()),
-            homepage='https://www.cityscapes-dataset.com/',
-            citation=_CITATION,
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(self._common_features()),
+      homepage='https://www.cityscapes-dataset.com/',
+      citation=_CITATION,
+    )
 
-    def _split_generators(self, dl_manager):
-        root = self._manual_root(dl_manager)
-        self._require(root, [f'{top}/{s}' for top in ('leftImg8bit', 'gtFine') for s in SPLITS])
-        return {split: self._generate_examples(split, self._pairs(root, split)) for split in SPLITS}
+  def _split_generators(self, dl_manager):
+    root = self._manual_root(dl_manager)
+    self._require(root, [f'{top}/{s}' for top in ('leftImg8bit', 'gtFine') for s in SPLITS])
+    return {split: self._generate_examples(split, self._pairs(root, split)) for split in SPLITS}
 
-    def _pairs(self, root: epath.Path, split: str) -> list[tuple[epath.Path, epath.Path]]:
-        """(image, label) paths of a split; every image needs its label and vice versa."""
-        image_dir, label_dir = root / 'leftImg8bit' / split, root / 'gtFine' / split
-        images = sorted(image_dir.glob(f'*/*{_IMAGE_SUFFIX}'))
-        if not images:
-            raise FileNotFoundError(
-                f'{self.name}: no <city>/*{_IMAGE_SUFFIX} under {image_dir}; expected:\n{_LAYOUT}'
-            )
-        labels = sorted(label_dir.glob(f'*/*{_LABEL_SUFFIX}'))
-        self._keep_present(
-            labels,
-            label_dir,
-            lambda p: [image_dir / p.parent.name / p.name.replace(_LABEL_SUFFIX, _IMAGE_SUFFIX)],
-        )
-        pairs = [
-            (p, label_dir / p.parent.name / p.name.replace(_IMAGE_SUFFIX, _LABEL_SUFFIX))
-            for p in images
-        ]
-        return self._keep_present(pairs, image_dir, lambda pair: pair[1:])
+  def _pairs(self, root: epath.Path, split: str) -> list[tuple[epath.Path, epath.Path]]:
+    """(image, label) paths of a split; every image needs its label and vice versa."""
+    image_dir, label_dir = root / 'leftImg8bit' / split, root / 'gtFine' / split
+    images = sorted(image_dir.glob(f'*/*{_IMAGE_SUFFIX}'))
+    if not images:
+      raise FileNotFoundError(
+        f'{self.name}: no <city>/*{_IMAGE_SUFFIX} under {image_dir}; expected:\n{_LAYOUT}'
+      )
+    labels = sorted(label_dir.glob(f'*/*{_LABEL_SUFFIX}'))
+    self._keep_present(
+      labels,
+      label_dir,
+      lambda p: [image_dir / p.parent.name / p.name.replace(_LABEL_SUFFIX, _IMAGE_SUFFIX)],
+    )
+    pairs = [
+      (p, label_dir / p.parent.name / p.name.replace(_IMAGE_SUFFIX, _LABEL_SUFFIX)) for p in images
+    ]
+    return self._keep_present(pairs, image_dir, lambda pair: pair[1:])
 
-    def _generate_examples(self, split: str, pairs: list[tuple[epath.Path, epath.Path]]):
-        return self._checked_examples(split, pairs, lambda pair: pair[0].stem, self._example)
+  def _generate_examples(self, split: str, pairs: list[tuple[epath.Path, epath.Path]]):
+    return self._checked_examples(split, pairs, lambda pair: pair[0].stem, self._example)
 
-    def _example(self, pair: tuple[epath.Path, epath.Path]) -> dict:
-        image_path, label_path = pair
-        image, image_hw = build.read_rgb_image(image_path)
-        label_ids = build.read_index_png(label_path)
-        build.check_same_size(image_path, image_hw, label_path, label_ids.shape)
-        return {
-            'image': image,
-            'label': build.encode_mask(label_ids_to_train_ids(label_ids, label_path)),
-            'name': image_path.stem,
-        }
+  def _example(self, pair: tuple[epath.Path, epath.Path]) -> dict:
+    image_path, label_path = pair
+    image, image_hw = build.read_rgb_image(image_path)
+    label_ids = build.read_index_png(label_path)
+    build.check_same_size(image_path, image_hw, label_path, label_ids.shape)
+    return {
+      'image': image,
+      'label': build.encode_mask(label_ids_to_train_ids(label_ids, label_path)),
+      'name': image_path.stem,
+    }
 
 
 _CITATION = """\

@@ -27,89 +27,86 @@ _LAYOUT = """\
 
 
 class Gta5(build.ManualSourceBuilder):
-    """GTA5 semantic segmentation with the 19 Cityscapes train-id classes."""
+  """GTA5 semantic segmentation with the 19 Cityscapes train-id classes."""
 
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'Labels mapped to the 19 Cityscapes train ids.'}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract GTA5 into the manual folder:\n{_LAYOUT}'
-    LAYOUT = _LAYOUT
-    CLASS_NAMES = cityscapes.CLASS_NAMES
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'Labels mapped to the 19 Cityscapes train ids.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract GTA5 into the manual folder:\n{_LAYOUT}'
+  LAYOUT = _LAYOUT
+  CLASS_NAMES = cityscapes.CLASS_NAMES
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(self._common_features()),
-            homepage='https://download.visinf.tu-darmstadt.de/data/from_games/',
-            citation=_CITATION,
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(self._common_features()),
+      homepage='https://download.visinf.tu-darmstadt.de/data/from_games/',
+      citation=_CITATION,
+    )
 
-    def _split_generators(self, dl_manager):
-        root = self._manual_root(dl_manager)
-        self._require(root, ['images', 'labels'])
-        images, labels = root / 'images', root / 'labels'
-        split_file = root / 'split.mat'
-        if not split_file.exists():
-            names = [p.stem for p in sorted(images.glob('*.png'))]
-            if not names:
-                raise FileNotFoundError(
-                    f'{self.name}: no *.png under {images}; expected:\n{_LAYOUT}'
-                )
-            label_names = [p.stem for p in sorted(labels.glob('*.png'))]
-            self._keep_present(label_names, labels, lambda n: [images / f'{n}.png'])
-            splits = {'full': (names, images)}
-        else:
-            splits = {
-                split: ([f'{n:05d}' for n in numbers], split_file)
-                for split, numbers in _read_split_file(split_file).items()
-            }
-        generators = {}
-        for split, (names, listed_in) in splits.items():
-            pairs = [(images / f'{n}.png', labels / f'{n}.png') for n in names]
-            pairs = self._keep_present(pairs, listed_in, lambda pair: pair)
-            generators[split] = self._generate_examples(split, pairs)
-        return generators
+  def _split_generators(self, dl_manager):
+    root = self._manual_root(dl_manager)
+    self._require(root, ['images', 'labels'])
+    images, labels = root / 'images', root / 'labels'
+    split_file = root / 'split.mat'
+    if not split_file.exists():
+      names = [p.stem for p in sorted(images.glob('*.png'))]
+      if not names:
+        raise FileNotFoundError(f'{self.name}: no *.png under {images}; expected:\n{_LAYOUT}')
+      label_names = [p.stem for p in sorted(labels.glob('*.png'))]
+      self._keep_present(label_names, labels, lambda n: [images / f'{n}.png'])
+      splits = {'full': (names, images)}
+    else:
+      splits = {
+        split: ([f'{n:05d}' for n in numbers], split_file)
+        for split, numbers in _read_split_file(split_file).items()
+      }
+    generators = {}
+    for split, (names, listed_in) in splits.items():
+      pairs = [(images / f'{n}.png', labels / f'{n}.png') for n in names]
+      pairs = self._keep_present(pairs, listed_in, lambda pair: pair)
+      generators[split] = self._generate_examples(split, pairs)
+    return generators
 
-    def _generate_examples(self, split: str, pairs: list[tuple[epath.Path, epath.Path]]):
-        return self._checked_examples(split, pairs, lambda pair: pair[0].stem, self._example)
+  def _generate_examples(self, split: str, pairs: list[tuple[epath.Path, epath.Path]]):
+    return self._checked_examples(split, pairs, lambda pair: pair[0].stem, self._example)
 
-    def _example(self, pair: tuple[epath.Path, epath.Path]) -> dict:
-        image_path, label_path = pair
-        image, image_hw = build.read_rgb_image(image_path)
-        label_ids = build.read_index_png(label_path)
-        build.check_same_size(image_path, image_hw, label_path, label_ids.shape)
-        return {
-            'image': image,
-            'label': build.encode_mask(cityscapes.label_ids_to_train_ids(label_ids, label_path)),
-            'name': image_path.stem,
-        }
+  def _example(self, pair: tuple[epath.Path, epath.Path]) -> dict:
+    image_path, label_path = pair
+    image, image_hw = build.read_rgb_image(image_path)
+    label_ids = build.read_index_png(label_path)
+    build.check_same_size(image_path, image_hw, label_path, label_ids.shape)
+    return {
+      'image': image,
+      'label': build.encode_mask(cityscapes.label_ids_to_train_ids(label_ids, label_path)),
+      'name': image_path.stem,
+    }
 
 
 def _read_split_file(path: epath.Path) -> dict[str, list[int]]:
-    """split name -> 1-based image numbers, from the official split.mat."""
-    try:
-        with epath.Path(path).open('rb') as f:
-            mat = scipy.io.loadmat(f, squeeze_me=True)
-    except (scipy.io.matlab.MatReadError, ValueError, OSError, EOFError, TypeError) as e:
-        raise ValueError(f'{path}: cannot read the split file ({e})') from e
-    missing = [key for key in _SPLIT_KEYS.values() if key not in mat]
-    if missing:
-        found = sorted(k for k in mat if not k.startswith('__'))
-        raise ValueError(
-            f'{path}: missing keys {missing} (expected {list(_SPLIT_KEYS.values())}, '
-            f'found {found})'
-        )
-    splits = {}
-    for split, key in _SPLIT_KEYS.items():
-        numbers = np.atleast_1d(mat[key]).ravel()
-        if not numbers.size:
-            raise ValueError(f'{path}: {key} is empty; every split needs images')
-        numeric = np.issubdtype(numbers.dtype, np.number)
-        if not numeric or np.any((numbers < 1) | (numbers % 1 != 0)):
-            raise ValueError(f'{path}: {key} must hold 1-based image numbers, got {numbers[:5]}')
-        splits[split] = [int(n) for n in numbers]
-        build.check_unique(f'{path} ({key})', splits[split])
-    return splits
+  """split name -> 1-based image numbers, from the official split.mat."""
+  try:
+    with epath.Path(path).open('rb') as f:
+      mat = scipy.io.loadmat(f, squeeze_me=True)
+  except (scipy.io.matlab.MatReadError, ValueError, OSError, EOFError, TypeError) as e:
+    raise ValueError(f'{path}: cannot read the split file ({e})') from e
+  missing = [key for key in _SPLIT_KEYS.values() if key not in mat]
+  if missing:
+    found = sorted(k for k in mat if not k.startswith('__'))
+    raise ValueError(
+      f'{path}: missing keys {missing} (expected {list(_SPLIT_KEYS.values())}, found {found})'
+    )
+  splits = {}
+  for split, key in _SPLIT_KEYS.items():
+    numbers = np.atleast_1d(mat[key]).ravel()
+    if not numbers.size:
+      raise ValueError(f'{path}: {key} is empty; every split needs images')
+    numeric = np.issubdtype(numbers.dtype, np.number)
+    if not numeric or np.any((numbers < 1) | (numbers % 1 != 0)):
+      raise ValueError(f'{path}: {key} must hold 1-based image numbers, got {numbers[:5]}')
+    splits[split] = [int(n) for n in numbers]
+    build.check_unique(f'{path} ({key})', splits[split])
+  return splits
 
 
 _CITATION = """\

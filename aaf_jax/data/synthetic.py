@@ -26,238 +26,248 @@ _SPLIT_CODES = {'train': 0, 'validation': 1}
 
 @dataclasses.dataclass(eq=False)
 class SyntheticShapesConfig(tfds.core.BuilderConfig):
-    """Generation options; the config name encodes them, so each option set has its own folder."""
+  """Generation options; the config name encodes them, so each option set has its own folder."""
 
-    image_size: int = 112
-    num_train: int = 2000
-    num_validation: int = 200
-    seed: int = 0
-    max_objects: int = 6
-    noise_std: float = 12.0
-    void_prob: float = 0.5
+  image_size: int = 112
+  num_train: int = 2000
+  num_validation: int = 200
+  seed: int = 0
+  max_objects: int = 6
+  noise_std: float = 12.0
+  void_prob: float = 0.5
 
 
 OPTION_DEFAULTS = {
-    f.name: f.default for f in dataclasses.fields(SyntheticShapesConfig)
-    if f.name not in {g.name for g in dataclasses.fields(tfds.core.BuilderConfig)}
+  f.name: f.default
+  for f in dataclasses.fields(SyntheticShapesConfig)
+  if f.name not in {g.name for g in dataclasses.fields(tfds.core.BuilderConfig)}
 }
 
 
 def _config_name(options: dict) -> str:
-    digest = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
-    return (f'size{options["image_size"]}_train{options["num_train"]}'
-            f'_val{options["num_validation"]}_seed{options["seed"]}_{digest}')
+  digest = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+  return (
+    f'size{options["image_size"]}_train{options["num_train"]}'
+    f'_val{options["num_validation"]}_seed{options["seed"]}_{digest}'
+  )
 
 
 def _validate(options: dict) -> None:
-    minimum = {'image_size': 32, 'num_train': 1, 'num_validation': 1, 'max_objects': 2}
-    for key, low in minimum.items():
-        if not isinstance(options[key], (int, np.integer)) or options[key] < low:
-            raise ValueError(f'config.data.synthetic.{key}={options[key]!r}: '
-                             f'expected an integer >= {low}')
-    if not 0 <= options['noise_std'] <= 100:
-        raise ValueError(f'config.data.synthetic.noise_std={options["noise_std"]!r}: '
-                         'expected a number in [0, 100]')
-    if not 0 <= options['void_prob'] <= 1:
-        raise ValueError(f'config.data.synthetic.void_prob={options["void_prob"]!r}: '
-                         'expected a probability in [0, 1]')
+  minimum = {'image_size': 32, 'num_train': 1, 'num_validation': 1, 'max_objects': 2}
+  for key, low in minimum.items():
+    if not isinstance(options[key], (int, np.integer)) or options[key] < low:
+      raise ValueError(
+        f'config.data.synthetic.{key}={options[key]!r}: expected an integer >= {low}'
+      )
+  if not 0 <= options['noise_std'] <= 100:
+    raise ValueError(
+      f'config.data.synthetic.noise_std={options["noise_std"]!r}: expected a number in [0, 100]'
+    )
+  if not 0 <= options['void_prob'] <= 1:
+    raise ValueError(
+      f'config.data.synthetic.void_prob={options["void_prob"]!r}: expected a probability in [0, 1]'
+    )
 
 
 def make_config(synthetic_cfg=None) -> SyntheticShapesConfig:
-    """Builds the BuilderConfig from `config.data.synthetic` (a mapping; None = defaults)."""
-    given = dict(synthetic_cfg or {})
-    unknown = sorted(set(given) - set(OPTION_DEFAULTS))
-    if unknown:
-        raise ValueError(f'Unknown config.data.synthetic field(s) {unknown}; '
-                         f'accepted: {sorted(OPTION_DEFAULTS)}')
-    options = {**OPTION_DEFAULTS, **given}
-    _validate(options)
-    options['noise_std'] = float(options['noise_std'])
-    options['void_prob'] = float(options['void_prob'])
-    if options == OPTION_DEFAULTS:
-        return DEFAULT_CONFIG
-    return SyntheticShapesConfig(name=_config_name(options), **options)
+  """Builds the BuilderConfig from `config.data.synthetic` (a mapping; None = defaults)."""
+  given = dict(synthetic_cfg or {})
+  unknown = sorted(set(given) - set(OPTION_DEFAULTS))
+  if unknown:
+    raise ValueError(
+      f'Unknown config.data.synthetic field(s) {unknown}; accepted: {sorted(OPTION_DEFAULTS)}'
+    )
+  options = {**OPTION_DEFAULTS, **given}
+  _validate(options)
+  options['noise_std'] = float(options['noise_std'])
+  options['void_prob'] = float(options['void_prob'])
+  if options == OPTION_DEFAULTS:
+    return DEFAULT_CONFIG
+  return SyntheticShapesConfig(name=_config_name(options), **options)
 
 
 DEFAULT_CONFIG = SyntheticShapesConfig(name=_config_name(OPTION_DEFAULTS), **OPTION_DEFAULTS)
 
 
 def _binary_shift_op(mask: np.ndarray, steps: int, op) -> np.ndarray:
-    """Dilation (op=np.logical_or) or erosion (np.logical_and) by a 3x3 square, `steps` times."""
-    fill = op is np.logical_and  # outside the image counts as inside for erosion
-    for _ in range(steps):
-        padded = np.pad(mask, 1, constant_values=fill)
-        out = padded[1:-1, 1:-1].copy()
-        for dy in (0, 1, 2):
-            for dx in (0, 1, 2):
-                out = op(out, padded[dy:dy + mask.shape[0], dx:dx + mask.shape[1]])
-        mask = out
-    return mask
+  """Dilation (op=np.logical_or) or erosion (np.logical_and) by a 3x3 square, `steps` times."""
+  fill = op is np.logical_and  # outside the image counts as inside for erosion
+  for _ in range(steps):
+    padded = np.pad(mask, 1, constant_values=fill)
+    out = padded[1:-1, 1:-1].copy()
+    for dy in (0, 1, 2):
+      for dx in (0, 1, 2):
+        out = op(out, padded[dy : dy + mask.shape[0], dx : dx + mask.shape[1]])
+    mask = out
+  return mask
 
 
 def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-    """A [H,W] field in [0,1]: flat, gradient, stripes, checker or smooth blotches."""
-    kind = rng.integers(5)
-    angle = rng.uniform(0, np.pi)
-    u = xx * np.cos(angle) + yy * np.sin(angle)
-    v = -xx * np.sin(angle) + yy * np.cos(angle)
-    if kind == 0:
-        return np.zeros_like(yy)
-    if kind == 1:
-        return (u - u.min()) / max(np.ptp(u), 1e-6)
-    period = rng.uniform(6, 16)
-    if kind == 2:
-        return (np.sin(2 * np.pi * u / period) > 0).astype(np.float32)
-    if kind == 3:
-        return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
-    field = np.zeros_like(yy)
-    scale = max(yy.shape)
-    for _ in range(3):
-        fy, fx = rng.uniform(0.5, 3.0, size=2) * 2 * np.pi / scale
-        field += np.sin(fy * yy + fx * xx + rng.uniform(0, 2 * np.pi))
-    return (field - field.min()) / max(np.ptp(field), 1e-6)
+  """A [H,W] field in [0,1]: flat, gradient, stripes, checker or smooth blotches."""
+  kind = rng.integers(5)
+  angle = rng.uniform(0, np.pi)
+  u = xx * np.cos(angle) + yy * np.sin(angle)
+  v = -xx * np.sin(angle) + yy * np.cos(angle)
+  if kind == 0:
+    return np.zeros_like(yy)
+  if kind == 1:
+    return (u - u.min()) / max(np.ptp(u), 1e-6)
+  period = rng.uniform(6, 16)
+  if kind == 2:
+    return (np.sin(2 * np.pi * u / period) > 0).astype(np.float32)
+  if kind == 3:
+    return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
+  field = np.zeros_like(yy)
+  scale = max(yy.shape)
+  for _ in range(3):
+    fy, fx = rng.uniform(0.5, 3.0, size=2) * 2 * np.pi / scale
+    field += np.sin(fy * yy + fx * xx + rng.uniform(0, 2 * np.pi))
+  return (field - field.min()) / max(np.ptp(field), 1e-6)
 
 
 def _paint(rng: np.random.Generator, yy, xx, avoid_colour=None) -> np.ndarray:
-    """A [H,W,3] float painting: two random colours blended by a random texture."""
-    colour_a = rng.uniform(0, 255, size=3)
-    if avoid_colour is not None:  # keep objects visible against the background's main colour
-        for _ in range(8):
-            if np.linalg.norm(colour_a - avoid_colour) > 80:
-                break
-            colour_a = rng.uniform(0, 255, size=3)
-    colour_b = np.clip(colour_a + rng.normal(0, 50, size=3), 0, 255)
-    t = _texture(rng, yy, xx)[..., None]
-    return colour_a * (1 - t) + colour_b * t
+  """A [H,W,3] float painting: two random colours blended by a random texture."""
+  colour_a = rng.uniform(0, 255, size=3)
+  if avoid_colour is not None:  # keep objects visible against the background's main colour
+    for _ in range(8):
+      if np.linalg.norm(colour_a - avoid_colour) > 80:
+        break
+      colour_a = rng.uniform(0, 255, size=3)
+  colour_b = np.clip(colour_a + rng.normal(0, 50, size=3), 0, 255)
+  t = _texture(rng, yy, xx)[..., None]
+  return colour_a * (1 - t) + colour_b * t
 
 
 def _shape_mask(cls: int, rng: np.random.Generator, dy, dx, radius: float) -> np.ndarray:
-    """Boolean [H,W] mask of a shape of class `cls` centred at the origin of (dy, dx)."""
-    angle = rng.uniform(0, 2 * np.pi)
-    u = dx * np.cos(angle) + dy * np.sin(angle)
-    v = -dx * np.sin(angle) + dy * np.cos(angle)
-    dist = np.hypot(dy, dx)
-    if cls == 1:  # disc
-        return dist <= radius
-    if cls == 2:  # box
-        half_u, half_v = radius * rng.uniform(0.6, 1.0), radius * rng.uniform(0.45, 1.0)
-        return (np.abs(u) <= half_u) & (np.abs(v) <= half_v)
-    if cls == 3:  # triangle: inside the three edges at distance radius/2 from the centre
-        inside = np.ones(dy.shape, dtype=bool)
-        for k in range(3):
-            normal = angle + np.pi / 3 + 2 * np.pi * k / 3
-            inside &= dx * np.cos(normal) + dy * np.sin(normal) <= radius / 2
-        return inside
-    if cls == 4:  # thin ring
-        return np.abs(dist - radius) <= rng.uniform(0.75, 1.5)
-    if cls == 5:  # thin bar
-        return (np.abs(u) <= radius * rng.uniform(1.2, 2.0)) & (
-            np.abs(v) <= rng.uniform(0.75, 1.5))
-    if cls == 6:  # star: thin spokes from the centre
-        num_spokes = rng.integers(5, 9)
-        phis = angle + 2 * np.pi * np.arange(num_spokes) / num_spokes  # [K]
-        along = dx[None] * np.cos(phis)[:, None, None] + dy[None] * np.sin(phis)[:, None, None]
-        across = -dx[None] * np.sin(phis)[:, None, None] + dy[None] * np.cos(phis)[:, None, None]
-        half_width = rng.uniform(0.75, 1.25)
-        spokes = (along >= 0) & (along <= radius) & (np.abs(across) <= half_width)  # [K,H,W]
-        return spokes.any(axis=0) | (dist <= 1.5)
-    raise ValueError(f'no shape for class {cls}')
+  """Boolean [H,W] mask of a shape of class `cls` centred at the origin of (dy, dx)."""
+  angle = rng.uniform(0, 2 * np.pi)
+  u = dx * np.cos(angle) + dy * np.sin(angle)
+  v = -dx * np.sin(angle) + dy * np.cos(angle)
+  dist = np.hypot(dy, dx)
+  if cls == 1:  # disc
+    return dist <= radius
+  if cls == 2:  # box
+    half_u, half_v = radius * rng.uniform(0.6, 1.0), radius * rng.uniform(0.45, 1.0)
+    return (np.abs(u) <= half_u) & (np.abs(v) <= half_v)
+  if cls == 3:  # triangle: inside the three edges at distance radius/2 from the centre
+    inside = np.ones(dy.shape, dtype=bool)
+    for k in range(3):
+      normal = angle + np.pi / 3 + 2 * np.pi * k / 3
+      inside &= dx * np.cos(normal) + dy * np.sin(normal) <= radius / 2
+    return inside
+  if cls == 4:  # thin ring
+    return np.abs(dist - radius) <= rng.uniform(0.75, 1.5)
+  if cls == 5:  # thin bar
+    return (np.abs(u) <= radius * rng.uniform(1.2, 2.0)) & (np.abs(v) <= rng.uniform(0.75, 1.5))
+  if cls == 6:  # star: thin spokes from the centre
+    num_spokes = rng.integers(5, 9)
+    phis = angle + 2 * np.pi * np.arange(num_spokes) / num_spokes  # [K]
+    along = dx[None] * np.cos(phis)[:, None, None] + dy[None] * np.sin(phis)[:, None, None]
+    across = -dx[None] * np.sin(phis)[:, None, None] + dy[None] * np.cos(phis)[:, None, None]
+    half_width = rng.uniform(0.75, 1.25)
+    spokes = (along >= 0) & (along <= radius) & (np.abs(across) <= half_width)  # [K,H,W]
+    return spokes.any(axis=0) | (dist <= 1.5)
+  raise ValueError(f'no shape for class {cls}')
 
 
-def draw_example(options: dict, split: str, index: int,
-                 height: int | None = None, width: int | None = None):
-    """Draws example `index` of `split`: (image uint8 [H,W,3], label uint8 [H,W]).
+def draw_example(
+  options: dict, split: str, index: int, height: int | None = None, width: int | None = None
+):
+  """Draws example `index` of `split`: (image uint8 [H,W,3], label uint8 [H,W]).
 
-    `height`/`width` default to `options['image_size']` (other sizes serve stand-in data).
-    """
-    height = height or options['image_size']
-    width = width or options['image_size']
-    rng = np.random.default_rng([options['seed'], _SPLIT_CODES[split], index])
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    side = min(height, width)
+  `height`/`width` default to `options['image_size']` (other sizes serve stand-in data).
+  """
+  height = height or options['image_size']
+  width = width or options['image_size']
+  rng = np.random.default_rng([options['seed'], _SPLIT_CODES[split], index])
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  side = min(height, width)
 
-    background = _paint(rng, yy, xx)
-    background_colour = background.mean(axis=(0, 1))
-    image = background.copy()
-    label = np.zeros((height, width), np.uint8)
-    instance = np.zeros((height, width), np.int32)  # 0 = background, k = k-th object
-    classes = []
-    num_objects = rng.integers(2, options['max_objects'] + 1)
-    centre, radius = None, None
-    for k in range(1, num_objects + 1):
-        cls = int(rng.integers(1, len(CLASS_NAMES)))
-        new_radius = side * rng.uniform(0.1, 0.28)
-        if centre is not None and rng.random() < 0.5:  # touch or overlap the previous object
-            direction = rng.uniform(0, 2 * np.pi)
-            gap = (radius + new_radius) * rng.uniform(0.7, 1.05)
-            centre = centre + gap * np.array([np.sin(direction), np.cos(direction)])
-            centre = np.clip(centre, 0, (height - 1, width - 1))
-        else:
-            centre = rng.uniform(0.1, 0.9, size=2) * (height, width)
-        radius = new_radius
-        # Draw inside the object's bounding window only (a bar reaches 2 radii from its centre).
-        reach = 2 * radius + 2
-        window = (slice(max(0, int(centre[0] - reach)), min(height, int(centre[0] + reach) + 1)),
-                  slice(max(0, int(centre[1] - reach)), min(width, int(centre[1] + reach) + 1)))
-        wy, wx = yy[window], xx[window]
-        mask = _shape_mask(cls, rng, wy - centre[0], wx - centre[1], radius)
-        paint = _paint(rng, wy, wx, avoid_colour=background_colour)
-        image[window][mask] = paint[mask]
-        label[window][mask] = cls
-        instance[window][mask] = k
-        classes.append(cls)
+  background = _paint(rng, yy, xx)
+  background_colour = background.mean(axis=(0, 1))
+  image = background.copy()
+  label = np.zeros((height, width), np.uint8)
+  instance = np.zeros((height, width), np.int32)  # 0 = background, k = k-th object
+  classes = []
+  num_objects = rng.integers(2, options['max_objects'] + 1)
+  centre, radius = None, None
+  for k in range(1, num_objects + 1):
+    cls = int(rng.integers(1, len(CLASS_NAMES)))
+    new_radius = side * rng.uniform(0.1, 0.28)
+    if centre is not None and rng.random() < 0.5:  # touch or overlap the previous object
+      direction = rng.uniform(0, 2 * np.pi)
+      gap = (radius + new_radius) * rng.uniform(0.7, 1.05)
+      centre = centre + gap * np.array([np.sin(direction), np.cos(direction)])
+      centre = np.clip(centre, 0, (height - 1, width - 1))
+    else:
+      centre = rng.uniform(0.1, 0.9, size=2) * (height, width)
+    radius = new_radius
+    # Draw inside the object's bounding window only (a bar reaches 2 radii from its centre).
+    reach = 2 * radius + 2
+    window = (
+      slice(max(0, int(centre[0] - reach)), min(height, int(centre[0] + reach) + 1)),
+      slice(max(0, int(centre[1] - reach)), min(width, int(centre[1] + reach) + 1)),
+    )
+    wy, wx = yy[window], xx[window]
+    mask = _shape_mask(cls, rng, wy - centre[0], wx - centre[1], radius)
+    paint = _paint(rng, wy, wx, avoid_colour=background_colour)
+    image[window][mask] = paint[mask]
+    label[window][mask] = cls
+    instance[window][mask] = k
+    classes.append(cls)
 
-    for k, cls in enumerate(classes, start=1):
-        if cls in _SOLID and rng.random() < options['void_prob']:
-            visible = instance == k
-            inner, outer = rng.integers(0, 2), rng.integers(1, 3)  # band width 1-3 px
-            band = _binary_shift_op(visible, outer, np.logical_or) & ~_binary_shift_op(
-                visible, inner, np.logical_and)
-            label[band] = IGNORE_LABEL
+  for k, cls in enumerate(classes, start=1):
+    if cls in _SOLID and rng.random() < options['void_prob']:
+      visible = instance == k
+      inner, outer = rng.integers(0, 2), rng.integers(1, 3)  # band width 1-3 px
+      band = _binary_shift_op(visible, outer, np.logical_or) & ~_binary_shift_op(
+        visible, inner, np.logical_and
+      )
+      label[band] = IGNORE_LABEL
 
-    image = image + rng.normal(0, options['noise_std'], size=image.shape)
-    return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
+  image = image + rng.normal(0, options['noise_std'], size=image.shape)
+  return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
 
 class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
-    """Procedural shapes segmentation set (see the module docstring)."""
+  """Procedural shapes segmentation set (see the module docstring)."""
 
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'First release.'}
-    BUILDER_CONFIGS = [DEFAULT_CONFIG]
-    CLASS_NAMES = CLASS_NAMES
-    IGNORE_LABEL = IGNORE_LABEL
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  BUILDER_CONFIGS = [DEFAULT_CONFIG]
+  CLASS_NAMES = CLASS_NAMES
+  IGNORE_LABEL = IGNORE_LABEL
 
-    @classmethod
-    def builder_kwargs(cls, data_cfg) -> dict:
-        """Constructor arguments from `config.data` (used by `aaf_jax.data.get_builder`)."""
-        return {'config': make_config(data_cfg.get('synthetic'))}
+  @classmethod
+  def builder_kwargs(cls, data_cfg) -> dict:
+    """Constructor arguments from `config.data` (used by `aaf_jax.data.get_builder`)."""
+    return {'config': make_config(data_cfg.get('synthetic'))}
 
-    def _options(self) -> dict:
-        return {key: getattr(self.builder_config, key) for key in OPTION_DEFAULTS}
+  def _options(self) -> dict:
+    return {key: getattr(self.builder_config, key) for key in OPTION_DEFAULTS}
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        return self.dataset_info_from_configs(
-            description=__doc__,
-            features=tfds.features.FeaturesDict({
-                'image': tfds.features.Image(shape=(None, None, 3)),
-                'label': tfds.features.Image(shape=(None, None, 1), encoding_format='png'),
-                'name': tfds.features.Text(),
-            }),
-            supervised_keys=('image', 'label'),
-        )
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # nothing to download
-        options = self._options()
-        return {
-            'train': self._generate_examples(options, 'train', options['num_train']),
-            'validation': self._generate_examples(
-                options, 'validation', options['num_validation']),
+  def _info(self) -> tfds.core.DatasetInfo:
+    return self.dataset_info_from_configs(
+      description=__doc__,
+      features=tfds.features.FeaturesDict(
+        {
+          'image': tfds.features.Image(shape=(None, None, 3)),
+          'label': tfds.features.Image(shape=(None, None, 1), encoding_format='png'),
+          'name': tfds.features.Text(),
         }
+      ),
+      supervised_keys=('image', 'label'),
+    )
 
-    def _generate_examples(self, options, split, count):
-        for index in range(count):
-            image, label = draw_example(options, split, index)
-            yield index, {'image': image, 'label': label[..., None],
-                          'name': f'{split}_{index:06d}'}
+  def _split_generators(self, dl_manager):
+    del dl_manager  # nothing to download
+    options = self._options()
+    return {
+      'train': self._generate_examples(options, 'train', options['num_train']),
+      'validation': self._generate_examples(options, 'validation', options['num_validation']),
+    }
+
+  def _generate_examples(self, options, split, count):
+    for index in range(count):
+      image, label = draw_example(options, split, index)
+      yield index, {'image': image, 'label': label[..., None], 'name': f'{split}_{index:06d}'}

@@ -36,140 +36,140 @@ _LAYOUT = """\
 
 @dataclasses.dataclass(frozen=True)
 class _Source:
-    """Where one example's files are; SBD examples hold .mat annotations."""
+  """Where one example's files are; SBD examples hold .mat annotations."""
 
-    name: str
-    image: epath.Path
-    label: epath.Path
-    instance: epath.Path
-    from_sbd: bool
+  name: str
+  image: epath.Path
+  label: epath.Path
+  instance: epath.Path
+  from_sbd: bool
 
-    @property
-    def paths(self) -> tuple[epath.Path, ...]:
-        return (self.image, self.label, self.instance)
+  @property
+  def paths(self) -> tuple[epath.Path, ...]:
+    return (self.image, self.label, self.instance)
 
 
 class VocAug(build.ManualSourceBuilder):
-    """PASCAL VOC 2012 + SBD semantic segmentation, 21 classes."""
+  """PASCAL VOC 2012 + SBD semantic segmentation, 21 classes."""
 
-    VERSION = tfds.core.Version('1.0.0')
-    RELEASE_NOTES = {'1.0.0': 'VOC 2012 train/val and the SBD-augmented train_aug split.'}
-    MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract VOC 2012 and SBD into the manual folder:\n{_LAYOUT}'
-    LAYOUT = _LAYOUT
-    CLASS_NAMES = (
+  VERSION = tfds.core.Version('1.0.0')
+  RELEASE_NOTES = {'1.0.0': 'VOC 2012 train/val and the SBD-augmented train_aug split.'}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract VOC 2012 and SBD into the manual folder:\n{_LAYOUT}'
+  LAYOUT = _LAYOUT
+  CLASS_NAMES = (
         'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
         'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant',
         'sheep', 'sofa', 'train', 'tvmonitor',
     )  # fmt: skip
 
-    def _info(self) -> tfds.core.DatasetInfo:
-        features = self._common_features()
-        features['instance'] = tfds.features.Image(shape=(None, None, 1), encoding_format='png')
-        return tfds.core.DatasetInfo(
-            builder=self,
-            description=__doc__,
-            features=tfds.features.FeaturesDict(features),
-            homepage='http://host.robots.ox.ac.uk/pascal/VOC/voc2012/',
-            citation=_CITATION,
-        )
+  def _info(self) -> tfds.core.DatasetInfo:
+    features = self._common_features()
+    features['instance'] = tfds.features.Image(shape=(None, None, 1), encoding_format='png')
+    return tfds.core.DatasetInfo(
+      builder=self,
+      description=__doc__,
+      features=tfds.features.FeaturesDict(features),
+      homepage='http://host.robots.ox.ac.uk/pascal/VOC/voc2012/',
+      citation=_CITATION,
+    )
 
-    def _split_generators(self, dl_manager):
-        root = self._manual_root(dl_manager)
-        voc_lists, sbd_lists = f'{_VOC}/ImageSets/Segmentation', _SBD
-        self._require(root, [
+  def _split_generators(self, dl_manager):
+    root = self._manual_root(dl_manager)
+    voc_lists, sbd_lists = f'{_VOC}/ImageSets/Segmentation', _SBD
+    self._require(root, [
             f'{_VOC}/JPEGImages', f'{_VOC}/SegmentationClass', f'{_VOC}/SegmentationObject',
             f'{voc_lists}/train.txt', f'{voc_lists}/val.txt',
             f'{_SBD}/img', f'{_SBD}/cls', f'{_SBD}/inst',
             f'{sbd_lists}/train.txt', f'{sbd_lists}/val.txt',
         ])  # fmt: skip
-        voc_train = build.read_id_list(root / voc_lists / 'train.txt')
-        voc_val = build.read_id_list(root / voc_lists / 'val.txt')
-        sbd_ids = build.read_id_list(root / sbd_lists / 'train.txt') + build.read_id_list(
-            root / sbd_lists / 'val.txt'
-        )
-        excluded = set(voc_train) | set(voc_val)
-        sbd_only = list(dict.fromkeys(i for i in sbd_ids if i not in excluded))
+    voc_train = build.read_id_list(root / voc_lists / 'train.txt')
+    voc_val = build.read_id_list(root / voc_lists / 'val.txt')
+    sbd_ids = build.read_id_list(root / sbd_lists / 'train.txt') + build.read_id_list(
+      root / sbd_lists / 'val.txt'
+    )
+    excluded = set(voc_train) | set(voc_val)
+    sbd_only = list(dict.fromkeys(i for i in sbd_ids if i not in excluded))
 
-        def keep(ids, listed_in, voc_only):
-            sources = [self._source(root, i, voc_only) for i in ids]
-            return self._keep_present(sources, listed_in, lambda s: s.paths)
+    def keep(ids, listed_in, voc_only):
+      sources = [self._source(root, i, voc_only) for i in ids]
+      return self._keep_present(sources, listed_in, lambda s: s.paths)
 
-        train = keep(voc_train, root / voc_lists / 'train.txt', voc_only=True)
-        val = keep(voc_val, root / voc_lists / 'val.txt', voc_only=True)
-        extra = keep(sbd_only, f'{root / sbd_lists}/train.txt or val.txt', voc_only=False)
-        return {
-            'train_aug': self._generate_examples('train_aug', train + extra),
-            'train': self._generate_examples('train', train),
-            'val': self._generate_examples('val', val),
-        }
+    train = keep(voc_train, root / voc_lists / 'train.txt', voc_only=True)
+    val = keep(voc_val, root / voc_lists / 'val.txt', voc_only=True)
+    extra = keep(sbd_only, f'{root / sbd_lists}/train.txt or val.txt', voc_only=False)
+    return {
+      'train_aug': self._generate_examples('train_aug', train + extra),
+      'train': self._generate_examples('train', train),
+      'val': self._generate_examples('val', val),
+    }
 
-    @staticmethod
-    def _source(root: epath.Path, name: str, voc_only: bool) -> _Source:
-        """The VOC files when voc_only or a VOC label PNG exists for the image, else SBD's."""
-        voc_label = root / _VOC / 'SegmentationClass' / f'{name}.png'
-        if voc_only or voc_label.exists():
-            return _Source(
-                name=name,
-                image=root / _VOC / 'JPEGImages' / f'{name}.jpg',
-                label=voc_label,
-                instance=root / _VOC / 'SegmentationObject' / f'{name}.png',
-                from_sbd=False,
-            )
-        return _Source(
-            name=name,
-            image=root / _SBD / 'img' / f'{name}.jpg',
-            label=root / _SBD / 'cls' / f'{name}.mat',
-            instance=root / _SBD / 'inst' / f'{name}.mat',
-            from_sbd=True,
-        )
+  @staticmethod
+  def _source(root: epath.Path, name: str, voc_only: bool) -> _Source:
+    """The VOC files when voc_only or a VOC label PNG exists for the image, else SBD's."""
+    voc_label = root / _VOC / 'SegmentationClass' / f'{name}.png'
+    if voc_only or voc_label.exists():
+      return _Source(
+        name=name,
+        image=root / _VOC / 'JPEGImages' / f'{name}.jpg',
+        label=voc_label,
+        instance=root / _VOC / 'SegmentationObject' / f'{name}.png',
+        from_sbd=False,
+      )
+    return _Source(
+      name=name,
+      image=root / _SBD / 'img' / f'{name}.jpg',
+      label=root / _SBD / 'cls' / f'{name}.mat',
+      instance=root / _SBD / 'inst' / f'{name}.mat',
+      from_sbd=True,
+    )
 
-    def _generate_examples(self, split: str, sources: list[_Source]):
-        return self._checked_examples(split, sources, lambda s: s.name, self._example)
+  def _generate_examples(self, split: str, sources: list[_Source]):
+    return self._checked_examples(split, sources, lambda s: s.name, self._example)
 
-    def _example(self, source: _Source) -> dict:
-        image, image_hw = build.read_rgb_image(source.image)
-        if source.from_sbd:
-            label = _read_sbd_mask(source.label, 'GTcls')
-            instance = _read_sbd_mask(source.instance, 'GTinst')
-        else:
-            label = build.read_index_png(source.label)
-            instance = build.read_index_png(source.instance)
-        build.check_same_size(source.image, image_hw, source.label, label.shape)
-        build.check_same_size(source.image, image_hw, source.instance, instance.shape)
-        build.check_label_values(source.label, label, len(self.CLASS_NAMES), self.IGNORE_LABEL)
-        return {
-            'image': image,
-            'label': build.encode_mask(label),
-            'instance': build.encode_mask(instance),
-            'name': source.name,
-        }
+  def _example(self, source: _Source) -> dict:
+    image, image_hw = build.read_rgb_image(source.image)
+    if source.from_sbd:
+      label = _read_sbd_mask(source.label, 'GTcls')
+      instance = _read_sbd_mask(source.instance, 'GTinst')
+    else:
+      label = build.read_index_png(source.label)
+      instance = build.read_index_png(source.instance)
+    build.check_same_size(source.image, image_hw, source.label, label.shape)
+    build.check_same_size(source.image, image_hw, source.instance, instance.shape)
+    build.check_label_values(source.label, label, len(self.CLASS_NAMES), self.IGNORE_LABEL)
+    return {
+      'image': image,
+      'label': build.encode_mask(label),
+      'instance': build.encode_mask(instance),
+      'name': source.name,
+    }
 
 
 def _read_sbd_mask(path: epath.Path, struct_name: str) -> np.ndarray:
-    """`<struct_name>.Segmentation` of an SBD .mat file as [H,W] uint8."""
-    try:
-        with epath.Path(path).open('rb') as f:
-            mat = scipy.io.loadmat(f, squeeze_me=True, struct_as_record=False)
-    except (scipy.io.matlab.MatReadError, ValueError, OSError, EOFError, TypeError) as e:
-        raise build.BadExampleError(f'{path}: cannot read .mat file ({e})') from e
-    segmentation = getattr(mat.get(struct_name), 'Segmentation', None)
-    if segmentation is None:
-        keys = sorted(k for k in mat if not k.startswith('__'))
-        raise build.BadExampleError(
-            f'{path}: expected a struct {struct_name!r} with field Segmentation; found {keys}'
-        )
-    segmentation = np.asarray(segmentation)
-    if (
-        segmentation.ndim != 2
-        or not np.issubdtype(segmentation.dtype, np.integer)
-        or segmentation.min(initial=0) < 0
-        or segmentation.max(initial=0) > 255
-    ):
-        raise build.BadExampleError(
-            f'{path}: {struct_name}.Segmentation must be a 2-D integer array in 0..255, got '
-            f'{segmentation.dtype} of shape {segmentation.shape}'
-        )
-    return segmentation.astype(np.uint8)
+  """`<struct_name>.Segmentation` of an SBD .mat file as [H,W] uint8."""
+  try:
+    with epath.Path(path).open('rb') as f:
+      mat = scipy.io.loadmat(f, squeeze_me=True, struct_as_record=False)
+  except (scipy.io.matlab.MatReadError, ValueError, OSError, EOFError, TypeError) as e:
+    raise build.BadExampleError(f'{path}: cannot read .mat file ({e})') from e
+  segmentation = getattr(mat.get(struct_name), 'Segmentation', None)
+  if segmentation is None:
+    keys = sorted(k for k in mat if not k.startswith('__'))
+    raise build.BadExampleError(
+      f'{path}: expected a struct {struct_name!r} with field Segmentation; found {keys}'
+    )
+  segmentation = np.asarray(segmentation)
+  if (
+    segmentation.ndim != 2
+    or not np.issubdtype(segmentation.dtype, np.integer)
+    or segmentation.min(initial=0) < 0
+    or segmentation.max(initial=0) > 255
+  ):
+    raise build.BadExampleError(
+      f'{path}: {struct_name}.Segmentation must be a 2-D integer array in 0..255, got '
+      f'{segmentation.dtype} of shape {segmentation.shape}'
+    )
+  return segmentation.astype(np.uint8)
 
 
 _CITATION = """\

@@ -15,9 +15,9 @@ import ml_collections
 from aaf_jax.models import deeplab, pspnet
 
 _REGISTRY = {
-    'pspnet': pspnet.PSPNet,
-    'deeplabv2': deeplab.DeepLabV2,
-    'deeplabv3': deeplab.DeepLabV3,
+  'pspnet': pspnet.PSPNet,
+  'deeplabv2': deeplab.DeepLabV2,
+  'deeplabv3': deeplab.DeepLabV3,
 }
 
 # Read by the trainer, not by the network: a backbone checkpoint to import
@@ -28,25 +28,40 @@ _NOT_OPTIONS = ('num_classes', 'dtype', 'parent', 'name')
 
 # Ready-made `config.model` contents.
 PRESETS = {
-    # Trains in minutes on a 2-core CPU on 96-128 px synthetic images: ResNet-10 with widths
-    # 16..128, no stem max-pool, output stride 4 so thin structures survive.
-    'pspnet_tiny': dict(name='pspnet', backbone='resnet10', layout='torchvision',
-                        output_stride=4, base_width=16, stem_width=16, stem_pool=False,
-                        head_width=32, bins=(1, 2, 3, 6)),
-    # The paper's network: PSPNet on a slim-layout ResNet-101 at output stride 8.
-    'pspnet_resnet101': dict(name='pspnet', backbone='resnet101', layout='slim',
-                             output_stride=8, head_width=512, bn_momentum=0.997),
-    'deeplabv2_resnet101': dict(name='deeplabv2', backbone='resnet101', layout='slim',
-                                output_stride=8, bn_momentum=0.997),
-    'deeplabv3_resnet101': dict(name='deeplabv3', backbone='resnet101', layout='slim',
-                                output_stride=16, bn_momentum=0.997),
+  # Trains in minutes on a 2-core CPU on 96-128 px synthetic images: ResNet-10 with widths
+  # 16..128, no stem max-pool, output stride 4 so thin structures survive.
+  'pspnet_tiny': dict(
+    name='pspnet',
+    backbone='resnet10',
+    layout='torchvision',
+    output_stride=4,
+    base_width=16,
+    stem_width=16,
+    stem_pool=False,
+    head_width=32,
+    bins=(1, 2, 3, 6),
+  ),
+  # The paper's network: PSPNet on a slim-layout ResNet-101 at output stride 8.
+  'pspnet_resnet101': dict(
+    name='pspnet',
+    backbone='resnet101',
+    layout='slim',
+    output_stride=8,
+    head_width=512,
+    bn_momentum=0.997,
+  ),
+  'deeplabv2_resnet101': dict(
+    name='deeplabv2', backbone='resnet101', layout='slim', output_stride=8, bn_momentum=0.997
+  ),
+  'deeplabv3_resnet101': dict(
+    name='deeplabv3', backbone='resnet101', layout='slim', output_stride=16, bn_momentum=0.997
+  ),
 }
 
 
 def _network_class(name):
   if name not in _REGISTRY:
-    raise ValueError(f'config.model.name={name!r} is unknown; expected one of '
-                     f'{sorted(_REGISTRY)}.')
+    raise ValueError(f'config.model.name={name!r} is unknown; expected one of {sorted(_REGISTRY)}.')
   return _REGISTRY[name]
 
 
@@ -62,15 +77,19 @@ def _options(model_cfg) -> tuple[type, dict]:
   accepted = _option_names(cls)
   unknown = sorted(k for k in cfg if k not in accepted and k not in TRAINER_FIELDS)
   if unknown:
-    raise ValueError(f'config.model has unknown field(s) {unknown} for {cls.__name__}; '
-                     f'accepted: {accepted + list(TRAINER_FIELDS)}.')
-  options = {k: tuple(v) if isinstance(v, list) else v
-             for k, v in cfg.items() if k not in TRAINER_FIELDS}
+    raise ValueError(
+      f'config.model has unknown field(s) {unknown} for {cls.__name__}; '
+      f'accepted: {accepted + list(TRAINER_FIELDS)}.'
+    )
+  options = {
+    k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k not in TRAINER_FIELDS
+  }
   return cls, options
 
 
-def build_model(model_cfg: ml_collections.ConfigDict, *, num_classes: int,
-                dtype=jnp.float32) -> nn.Module:
+def build_model(
+  model_cfg: ml_collections.ConfigDict, *, num_classes: int, dtype=jnp.float32
+) -> nn.Module:
   """The network named by `model_cfg.name`, built with the other fields as options.
 
   `dtype=jnp.bfloat16` computes in bfloat16 with float32 parameters; logits are float32.
@@ -88,9 +107,11 @@ def check_input_size(model_cfg, height: int, width: int) -> None:
   model = build_model(model_cfg, num_classes=1)
   for what, size in (('height', height), ('width', width)):
     if not isinstance(size, numbers.Integral) or size < model.output_stride:
-      raise ValueError(f'input {what}={size!r} (crop {height}x{width}) is too small for '
-                       f'{type(model).__name__} at output_stride={model.output_stride}: each '
-                       f'side must be an integer >= {model.output_stride}.')
+      raise ValueError(
+        f'input {what}={size!r} (crop {height}x{width}) is too small for '
+        f'{type(model).__name__} at output_stride={model.output_stride}: each '
+        f'side must be an integer >= {model.output_stride}.'
+      )
 
 
 def default_config(name: str) -> ml_collections.ConfigDict:
@@ -98,7 +119,8 @@ def default_config(name: str) -> ml_collections.ConfigDict:
   cls = _network_class(name)
   fields = {f.name: f.default for f in dataclasses.fields(cls) if f.name not in _NOT_OPTIONS}
   return ml_collections.ConfigDict(
-      dict(name=name, **fields, pretrained='', aux_weight=0.4 if name == 'pspnet' else 0.0))
+    dict(name=name, **fields, pretrained='', aux_weight=0.4 if name == 'pspnet' else 0.0)
+  )
 
 
 def get_preset(preset: str) -> ml_collections.ConfigDict:

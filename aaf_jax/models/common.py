@@ -20,12 +20,19 @@ def conv(features, kernel, *, rate=1, dtype, name):
 
 def classifier(num_classes, *, dtype, name='classifier'):
   """The final 1x1 conv to class logits (with bias, small init as in PSPNet/DeepLab)."""
-  return nn.Conv(num_classes, (1, 1), dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=nn.initializers.normal(0.01), name=name)
+  return nn.Conv(
+    num_classes,
+    (1, 1),
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=nn.initializers.normal(0.01),
+    name=name,
+  )
 
 
 class AuxHead(nn.Module):
   """PSPNet's deep-supervision head: 3x3 conv + BN + ReLU (+ dropout) + 1x1 classifier."""
+
   num_classes: int
   width: int
   dropout: float
@@ -46,6 +53,7 @@ class Segmenter(nn.Module):
   training too; its scale and offset stay trainable. `dropout` > 0 needs
   `rngs={'dropout': key}` in `apply` when training.
   """
+
   num_classes: int
   backbone: str = 'resnet101'
   layout: str = 'slim'
@@ -64,8 +72,9 @@ class Segmenter(nn.Module):
 
   def __post_init__(self):
     if self.backbone not in resnet.BACKBONES:
-      raise ValueError(f'model backbone={self.backbone!r} is unknown; expected one of '
-                       f'{sorted(resnet.BACKBONES)}.')
+      raise ValueError(
+        f'model backbone={self.backbone!r} is unknown; expected one of {sorted(resnet.BACKBONES)}.'
+      )
     if self.num_classes < 1:
       raise ValueError(f'num_classes must be positive, got {self.num_classes}.')
     if not 0.0 <= self.dropout < 1.0:
@@ -77,18 +86,30 @@ class Segmenter(nn.Module):
         raise ValueError('model aux_head=True needs a backbone with at least two stages.')
       aux_stride = [p.out_stride for p in plans if p.stage == plans[-1].stage - 1][-1]
       if aux_stride != plans[-1].out_stride:
-        raise ValueError(f'model aux_head=True: stage {plans[-1].stage - 1} runs at stride '
-                         f'{aux_stride} but the output at {plans[-1].out_stride}; use an '
-                         'output_stride at which both match (8 or 16 with the standard stem).')
+        raise ValueError(
+          f'model aux_head=True: stage {plans[-1].stage - 1} runs at stride '
+          f'{aux_stride} but the output at {plans[-1].out_stride}; use an '
+          'output_stride at which both match (8 or 16 with the standard stem).'
+        )
     super().__post_init__()
 
   def make_backbone(self, **module_kwargs) -> resnet.ResNet:
     block, stage_sizes = resnet.BACKBONES[self.backbone]
     return resnet.ResNet(
-        block=block, stage_sizes=stage_sizes, base_width=self.base_width,
-        stem_width=self.stem_width, stem=self.stem, stem_pool=self.stem_pool,
-        layout=self.layout, output_stride=self.output_stride, bn_momentum=self.bn_momentum,
-        bn_epsilon=self.bn_epsilon, freeze_bn=self.freeze_bn, dtype=self.dtype, **module_kwargs)
+      block=block,
+      stage_sizes=stage_sizes,
+      base_width=self.base_width,
+      stem_width=self.stem_width,
+      stem=self.stem,
+      stem_pool=self.stem_pool,
+      layout=self.layout,
+      output_stride=self.output_stride,
+      bn_momentum=self.bn_momentum,
+      bn_epsilon=self.bn_epsilon,
+      freeze_bn=self.freeze_bn,
+      dtype=self.dtype,
+      **module_kwargs,
+    )
 
   def make_head(self, norm) -> nn.Module:
     """The head module, named 'head': features [N,h,w,C] -> logits [N,h,w,classes]."""
@@ -97,14 +118,20 @@ class Segmenter(nn.Module):
   @nn.compact
   def __call__(self, images, *, train: bool):
     """images: [N,H,W,3] float32 -> {'logits': [N,h,w,K] float32, ('aux_logits')}."""
-    norm = resnet.batch_norm(train=train, frozen=self.freeze_bn, momentum=self.bn_momentum,
-                      epsilon=self.bn_epsilon, dtype=self.dtype)
+    norm = resnet.batch_norm(
+      train=train,
+      frozen=self.freeze_bn,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+    )
     features = self.make_backbone(name='backbone')(images, train=train)
     last = max(k for k in features if k.startswith('stage'))
     outputs = {'logits': self.make_head(norm)(features[last], train=train).astype(jnp.float32)}
     if self.aux_head:
-      penultimate = f'stage{int(last[len("stage"):]) - 1}'
-      aux = AuxHead(self.num_classes, self.aux_width, self.dropout, norm, self.dtype,
-                    name='aux_head')
+      penultimate = f'stage{int(last[len("stage") :]) - 1}'
+      aux = AuxHead(
+        self.num_classes, self.aux_width, self.dropout, norm, self.dtype, name='aux_head'
+      )
       outputs['aux_logits'] = aux(features[penultimate], train=train).astype(jnp.float32)
     return outputs

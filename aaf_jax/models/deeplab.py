@@ -11,6 +11,7 @@ from aaf_jax.models import common
 
 class ASPPv2Head(nn.Module):
   """DeepLab v2: parallel 3x3 atrous convs straight to class logits, summed."""
+
   num_classes: int
   rates: Sequence[int]
   dtype: Any = jnp.float32
@@ -18,16 +19,26 @@ class ASPPv2Head(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     del train  # no BN or dropout in this head
-    outs = [nn.Conv(self.num_classes, (3, 3), kernel_dilation=r, padding=((r, r), (r, r)),
-                    dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=nn.initializers.normal(0.01), name=f'rate{r}_conv')(x)
-            for r in self.rates]
+    outs = [
+      nn.Conv(
+        self.num_classes,
+        (3, 3),
+        kernel_dilation=r,
+        padding=((r, r), (r, r)),
+        dtype=self.dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.initializers.normal(0.01),
+        name=f'rate{r}_conv',
+      )(x)
+      for r in self.rates
+    ]
     return sum(outs[1:], outs[0])
 
 
 class ASPPv3Head(nn.Module):
   """DeepLab v3: 1x1 conv, 3x3 atrous convs and image pooling, each to `width` with BN+ReLU;
   concat, 1x1 projection with BN+ReLU, dropout, 1x1 classifier."""
+
   num_classes: int
   width: int
   rates: Sequence[int]
@@ -38,8 +49,13 @@ class ASPPv3Head(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool):
     n, h, w, _ = x.shape
-    branches = [nn.relu(self.norm(name='conv1x1_bn')(
-        common.conv(self.width, 1, dtype=self.dtype, name='conv1x1')(x)))]
+    branches = [
+      nn.relu(
+        self.norm(name='conv1x1_bn')(
+          common.conv(self.width, 1, dtype=self.dtype, name='conv1x1')(x)
+        )
+      )
+    ]
     for r in self.rates:
       y = common.conv(self.width, 3, rate=r, dtype=self.dtype, name=f'rate{r}_conv')(x)
       branches.append(nn.relu(self.norm(name=f'rate{r}_bn')(y)))
@@ -61,6 +77,7 @@ def _check_rates(name, rates):
 
 class DeepLabV2(common.Segmenter):
   """Dilated ResNet + DeepLab v2 ASPP (rates 6, 12, 18, 24 in the paper, at output stride 8)."""
+
   aspp_rates: Sequence[int] = (6, 12, 18, 24)
 
   def __post_init__(self):
@@ -80,6 +97,7 @@ class DeepLabV3(common.Segmenter):
   `aspp_rates=()` (default) means the paper's (6, 12, 18) at output stride 16, scaled by
   16 / output_stride (doubled at 8).
   """
+
   head_width: int = 256
   aspp_rates: Sequence[int] = ()
 
@@ -93,5 +111,6 @@ class DeepLabV3(common.Segmenter):
     return tuple(max(1, r * 16 // self.output_stride) for r in (6, 12, 18))
 
   def make_head(self, norm):
-    return ASPPv3Head(self.num_classes, self.head_width, self.rates(), self.dropout, norm,
-                      self.dtype, name='head')
+    return ASPPv3Head(
+      self.num_classes, self.head_width, self.rates(), self.dropout, norm, self.dtype, name='head'
+    )

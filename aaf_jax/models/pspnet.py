@@ -17,6 +17,7 @@ def adaptive_avg_pool(x, bins: int):
   multiple, or when H < bins). Shapes are static, so the bins are plain slices; pooling rows
   then columns equals pooling each rectangle.
   """
+
   def edges(size):
     return [((i * size) // bins, -(-((i + 1) * size) // bins)) for i in range(bins)]
 
@@ -27,6 +28,7 @@ def adaptive_avg_pool(x, bins: int):
 class PSPHead(nn.Module):
   """Pyramid pooling (1x1 conv + BN + ReLU per bin, bilinear upsampling), concat with the
   features, 3x3 conv + BN + ReLU, dropout, 1x1 classifier."""
+
   num_classes: int
   width: int
   bins: Sequence[int]
@@ -44,23 +46,31 @@ class PSPHead(nn.Module):
       y = nn.relu(self.norm(name=f'pool{b}_bn')(y))
       branches.append(jax.image.resize(y, (n, h, w, self.width), 'bilinear', antialias=False))
     y = jnp.concatenate(branches, axis=-1)
-    y = nn.relu(self.norm(name='fuse_bn')(
-        common.conv(self.width, 3, dtype=self.dtype, name='fuse_conv')(y)))
+    y = nn.relu(
+      self.norm(name='fuse_bn')(common.conv(self.width, 3, dtype=self.dtype, name='fuse_conv')(y))
+    )
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
     return common.classifier(self.num_classes, dtype=self.dtype)(y)
 
 
 class PSPNet(common.Segmenter):
   """Dilated ResNet + pyramid pooling head. `head_width` is 512 in the paper."""
+
   head_width: int = 512
   bins: Sequence[int] = (1, 2, 3, 6)
 
   def __post_init__(self):
-    if not self.bins or any(int(b) < 1 for b in self.bins) or len(set(self.bins)) != len(
-        self.bins):
+    if not self.bins or any(int(b) < 1 for b in self.bins) or len(set(self.bins)) != len(self.bins):
       raise ValueError(f'pspnet bins={tuple(self.bins)} must be distinct positive integers.')
     super().__post_init__()
 
   def make_head(self, norm):
-    return PSPHead(self.num_classes, self.head_width, tuple(self.bins), self.dropout, norm,
-                   self.dtype, name='head')
+    return PSPHead(
+      self.num_classes,
+      self.head_width,
+      tuple(self.bins),
+      self.dropout,
+      norm,
+      self.dtype,
+      name='head',
+    )

@@ -25,12 +25,12 @@ import jax.numpy as jnp
 
 # Preset depths: (unit type, units per stage).
 BACKBONES = {
-    'resnet10': ('basic', (1, 1, 1, 1)),
-    'resnet18': ('basic', (2, 2, 2, 2)),
-    'resnet34': ('basic', (3, 4, 6, 3)),
-    'resnet50': ('bottleneck', (3, 4, 6, 3)),
-    'resnet101': ('bottleneck', (3, 4, 23, 3)),
-    'resnet152': ('bottleneck', (3, 8, 36, 3)),
+  'resnet10': ('basic', (1, 1, 1, 1)),
+  'resnet18': ('basic', (2, 2, 2, 2)),
+  'resnet34': ('basic', (3, 4, 6, 3)),
+  'resnet50': ('bottleneck', (3, 4, 6, 3)),
+  'resnet101': ('bottleneck', (3, 4, 23, 3)),
+  'resnet152': ('bottleneck', (3, 8, 36, 3)),
 }
 LAYOUTS = ('torchvision', 'slim')
 STEMS = ('standard', 'deep')
@@ -42,6 +42,7 @@ _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # He in
 @dataclasses.dataclass(frozen=True)
 class UnitPlan:
   """Where one residual unit sits and how it convolves."""
+
   stage: int  # 1-based
   index: int  # 1-based within the stage
   stride: int  # stride of its 3x3 conv (and of its shortcut)
@@ -56,19 +57,30 @@ def stem_stride(stem_pool: bool) -> int:
   return 4 if stem_pool else 2
 
 
-def plan_units(*, block: str, stage_sizes: Sequence[int], base_width: int, stem_width: int,
-               layout: str, output_stride: int, stem_pool: bool = True) -> list[UnitPlan]:
+def plan_units(
+  *,
+  block: str,
+  stage_sizes: Sequence[int],
+  base_width: int,
+  stem_width: int,
+  layout: str,
+  output_stride: int,
+  stem_pool: bool = True,
+) -> list[UnitPlan]:
   """Strides, rates and shortcut types of every unit; ValueError on an impossible request."""
   if block not in BLOCKS:
     raise ValueError(f'ResNet block={block!r} is unknown; expected one of {BLOCKS}.')
   if layout not in LAYOUTS:
     raise ValueError(f'ResNet layout={layout!r} is unknown; expected one of {LAYOUTS}.')
   if not stage_sizes or any(int(n) < 1 for n in stage_sizes):
-    raise ValueError(f'ResNet stage_sizes={tuple(stage_sizes)} must be a non-empty sequence of '
-                     'positive unit counts.')
+    raise ValueError(
+      f'ResNet stage_sizes={tuple(stage_sizes)} must be a non-empty sequence of '
+      'positive unit counts.'
+    )
   if base_width < 1 or stem_width < 1:
-    raise ValueError(f'ResNet widths must be positive, got base_width={base_width}, '
-                     f'stem_width={stem_width}.')
+    raise ValueError(
+      f'ResNet widths must be positive, got base_width={base_width}, stem_width={stem_width}.'
+    )
   expansion = 4 if block == 'bottleneck' else 1
   stage_strides = [1] + [2] * (len(stage_sizes) - 1)
   # Nominal stride of every unit, before dilation replaces strides.
@@ -81,46 +93,63 @@ def plan_units(*, block: str, stage_sizes: Sequence[int], base_width: int, stem_
         last = i == n - 1 and s + 1 < len(stage_sizes)
         stride = stage_strides[s + 1] if last else 1
       nominal.append((s, i, stride))
-  reachable = [stem_stride(stem_pool) * 2 ** k for k in range(len(stage_sizes))]
+  reachable = [stem_stride(stem_pool) * 2**k for k in range(len(stage_sizes))]
   if output_stride not in reachable:
-    raise ValueError(f'ResNet output_stride={output_stride} cannot be reached with '
-                     f'stem_pool={stem_pool} and {len(stage_sizes)} stages; expected one of '
-                     f'{reachable}.')
+    raise ValueError(
+      f'ResNet output_stride={output_stride} cannot be reached with '
+      f'stem_pool={stem_pool} and {len(stage_sizes)} stages; expected one of '
+      f'{reachable}.'
+    )
   current, rate = stem_stride(stem_pool), 1
   in_features = stem_width
   plans = []
   for s, i, stride in nominal:
-    out_features = base_width * 2 ** s * expansion
+    out_features = base_width * 2**s * expansion
     projection = in_features != out_features or (layout == 'torchvision' and stride != 1)
     if current == output_stride:
-      plans.append(UnitPlan(s + 1, i + 1, 1, rate, in_features, out_features, projection,
-                            current))
+      plans.append(UnitPlan(s + 1, i + 1, 1, rate, in_features, out_features, projection, current))
       rate *= stride
     else:
       current *= stride
-      plans.append(UnitPlan(s + 1, i + 1, stride, 1, in_features, out_features, projection,
-                            current))
+      plans.append(
+        UnitPlan(s + 1, i + 1, stride, 1, in_features, out_features, projection, current)
+      )
     in_features = out_features
   return plans
 
 
 def batch_norm(*, train: bool, frozen: bool, momentum: float, epsilon: float, dtype):
   """A BatchNorm factory; running statistics at eval time or when frozen."""
-  return functools.partial(nn.BatchNorm, use_running_average=not train or frozen,
-                           momentum=momentum, epsilon=epsilon, dtype=dtype,
-                           param_dtype=jnp.float32)
+  return functools.partial(
+    nn.BatchNorm,
+    use_running_average=not train or frozen,
+    momentum=momentum,
+    epsilon=epsilon,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+  )
 
 
 def conv2d(features, kernel, *, stride=1, rate=1, dtype, name):
   """k x k conv, no bias, symmetric padding rate * (k - 1) / 2, He init, float32 params."""
   pad = rate * (kernel - 1) // 2
-  return nn.Conv(features, (kernel, kernel), strides=stride, kernel_dilation=rate,
-                 padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
-                 param_dtype=jnp.float32, kernel_init=_conv_init, name=name)
+  return nn.Conv(
+    features,
+    (kernel, kernel),
+    strides=stride,
+    kernel_dilation=rate,
+    padding=((pad, pad), (pad, pad)),
+    use_bias=False,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=_conv_init,
+    name=name,
+  )
 
 
 class BottleneckUnit(nn.Module):
   """1x1 -> 3x3 (strided, dilated) -> 1x1, BN after each conv, ReLU after the sum."""
+
   plan: UnitPlan
   norm: Any
   dtype: Any = jnp.float32
@@ -138,6 +167,7 @@ class BottleneckUnit(nn.Module):
 
 class BasicUnit(nn.Module):
   """3x3 (strided, dilated) -> 3x3 (dilated), BN after each conv, ReLU after the sum."""
+
   plan: UnitPlan
   norm: Any
   dtype: Any = jnp.float32
@@ -156,7 +186,7 @@ def _shortcut(x, plan: UnitPlan, norm, dtype):
   if plan.projection:
     y = conv2d(plan.out_features, 1, stride=plan.stride, dtype=dtype, name='downsample_conv')(x)
     return norm(name='downsample_bn')(y)
-  return x[:, ::plan.stride, ::plan.stride, :]
+  return x[:, :: plan.stride, :: plan.stride, :]
 
 
 class ResNet(nn.Module):
@@ -165,6 +195,7 @@ class ResNet(nn.Module):
   `num_classes` adds global average pooling and a dense classifier named `fc` (ImageNet-style),
   used for parameter counts and for importing complete classification checkpoints.
   """
+
   block: str = 'bottleneck'
   stage_sizes: Sequence[int] = (3, 4, 6, 3)
   base_width: int = 64
@@ -186,21 +217,34 @@ class ResNet(nn.Module):
     if self.stem_width % 2 and self.stem == 'deep':
       raise ValueError(f'ResNet stem_width={self.stem_width} must be even for the deep stem.')
     if not 0.0 <= self.bn_momentum < 1.0 or self.bn_epsilon <= 0:
-      raise ValueError(f'ResNet needs 0 <= bn_momentum < 1 and bn_epsilon > 0, got '
-                       f'{self.bn_momentum}, {self.bn_epsilon}.')
+      raise ValueError(
+        f'ResNet needs 0 <= bn_momentum < 1 and bn_epsilon > 0, got '
+        f'{self.bn_momentum}, {self.bn_epsilon}.'
+      )
     self.plans()
     super().__post_init__()
 
   def plans(self) -> list[UnitPlan]:
-    return plan_units(block=self.block, stage_sizes=self.stage_sizes, base_width=self.base_width,
-                      stem_width=self.stem_width, layout=self.layout,
-                      output_stride=self.output_stride, stem_pool=self.stem_pool)
+    return plan_units(
+      block=self.block,
+      stage_sizes=self.stage_sizes,
+      base_width=self.base_width,
+      stem_width=self.stem_width,
+      layout=self.layout,
+      output_stride=self.output_stride,
+      stem_pool=self.stem_pool,
+    )
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     """x: [N,H,W,3] -> dict of [N,h,w,C] features in self.dtype."""
-    norm = batch_norm(train=train, frozen=self.freeze_bn, momentum=self.bn_momentum,
-                      epsilon=self.bn_epsilon, dtype=self.dtype)
+    norm = batch_norm(
+      train=train,
+      frozen=self.freeze_bn,
+      momentum=self.bn_momentum,
+      epsilon=self.bn_epsilon,
+      dtype=self.dtype,
+    )
     x = x.astype(self.dtype)
     if self.stem == 'standard':
       x = conv2d(self.stem_width, 7, stride=2, dtype=self.dtype, name='conv1')(x)
