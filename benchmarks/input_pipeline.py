@@ -15,7 +15,6 @@ import tempfile
 import time
 
 import ml_collections
-import numpy as np
 import tensorflow_datasets as tfds
 
 from aaf_jax import data

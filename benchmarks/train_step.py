@@ -97,7 +97,7 @@ def main():
     jax.block_until_ready(state)
     runs[kind] = dict(state=state, step=train_step, flops=flops, times=[])
   for _ in range(args.rounds):  # alternate kinds so machine noise hits all alike
-    for kind, run in runs.items():
+    for run in runs.values():
       start = time.perf_counter()
       for _ in range(args.steps):
         run['state'], metrics, _ = run['step'](run['state'], batch)

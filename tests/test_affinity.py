@@ -2,6 +2,7 @@
 
 import functools
 
+import affinity_reference as ref
 import hypothesis
 import hypothesis.strategies as st
 import jax
@@ -11,7 +12,6 @@ import numpy as np
 import pytest
 
 from aaf_jax import affinity
-import affinity_reference as ref
 
 
 def random_case(seed, n=2, h=7, w=9, c=4, ignore_frac=0.15, peaked=1.0):

@@ -1,8 +1,8 @@
 """Config arguments and overrides: typos are errors, not silently ignored."""
 
+import os
 import subprocess
 import sys
-import os
 
 import pytest
 

@@ -5,11 +5,11 @@ import os
 import subprocess
 import sys
 
+import fake_layouts as fl
 import numpy as np
 import pytest
 import scipy.io
 
-import fake_layouts as fl
 from aaf_jax.data import build, cityscapes, voc
 
 # The official Cityscapes labelId -> trainId table, written out by hand (ids not listed -> 255).

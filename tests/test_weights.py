@@ -254,7 +254,7 @@ def _slim_batch_norm():
   try:
     from tensorflow.python.layers import normalization  # pylint: disable=g-import-not-at-top
 
-    normalization.BatchNormalization  # pylint: disable=pointless-statement
+    normalization.BatchNormalization  # noqa: B018 (does the legacy layer exist?)
     import tf_slim  # pylint: disable=g-import-not-at-top
 
     return tf_slim.batch_norm, 'tf_slim.batch_norm'

@@ -15,7 +15,7 @@ prefetched, so the accelerator is fed while the host prepares the next batches.
 import dataclasses
 import math
 import re
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import numpy as np
