@@ -62,9 +62,10 @@ def builder_class(name: str) -> type:
 def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
   """Constructs the builder named by `data_cfg.name` and prepares its data if not yet there.
 
-  Prepared data in `data_cfg.data_dir` is reused. A builder class may define a classmethod
-  `builder_kwargs(data_cfg) -> dict` for extra constructor arguments (the synthetic set passes
-  its generation options this way, so each option set gets its own folder).
+  Prepared data in `data_cfg.data_dir` is reused. A leading `~` in data_dir or manual_dir means
+  the user's home (unexpanded, TFDS would create a literal `./~` folder). A builder class may
+  define a classmethod `builder_kwargs(data_cfg) -> dict` for extra constructor arguments (the
+  synthetic set passes its generation options this way, so each option set gets its own folder).
   """
   cls = builder_class(data_cfg.name)
   data_dir = data_cfg.get('data_dir')
@@ -73,8 +74,9 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
       f'config.data.data_dir must be set for dataset {data_cfg.name!r} '
       '(the TFDS folder where prepared data is written and read)'
     )
+  data_dir = os.path.expanduser(os.fspath(data_dir))
   kwargs = cls.builder_kwargs(data_cfg) if hasattr(cls, 'builder_kwargs') else {}
-  builder = cls(data_dir=os.fspath(data_dir), file_format=FILE_FORMAT, **kwargs)
+  builder = cls(data_dir=data_dir, file_format=FILE_FORMAT, **kwargs)
   if not builder.is_prepared():
     manual_dir = data_cfg.get('manual_dir')
     if cls.MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
@@ -83,7 +85,7 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
         'config.data.manual_dir is not set: point it at the extracted official files.'
       )
     download_config = tfds.download.DownloadConfig(
-      manual_dir=os.fspath(manual_dir) if manual_dir else None
+      manual_dir=os.path.expanduser(os.fspath(manual_dir)) if manual_dir else None
     )
     builder.download_and_prepare(download_config=download_config)
   return builder
