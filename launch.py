@@ -2,13 +2,21 @@
 
 python launch.py --config=configs/synthetic.py --workdir=/tmp/aaf
 python launch.py --config=configs/synthetic.py --workdir=/tmp/aaf --mode=eval
+
+A mistake in the flags, the config or the files it names (`aaf_jax.errors.UserError`) ends the
+run with one line on stderr and exit status 2; `--verbose` or AAF_VERBOSE=1 adds the traceback.
 """
 
 import logging as pylogging
 import os
+import re
+import sys
+import traceback
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from aaf_jax import errors
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow serves only the input pipeline
 
@@ -22,7 +30,10 @@ _MODE = flags.DEFINE_enum(
   ['train', 'eval'],
   'train: train then evaluate; eval: evaluate the latest checkpoint.',
 )
+flags.DEFINE_bool('verbose', False, 'Print the traceback of a user error (also AAF_VERBOSE=1).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+USER_ERROR_STATUS = 2
 
 
 class _QuietLibraries(pylogging.Filter):
@@ -34,18 +45,73 @@ class _QuietLibraries(pylogging.Filter):
     )
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_QuietLibraries())
-  from aaf_jax import train  # after flag parsing: --help stays fast
+def _chain(error: BaseException) -> list[BaseException]:
+  """`error` and the exceptions it was raised from or while handling, outermost first."""
+  chain = []
+  while error is not None and error not in chain:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
 
-  logging.info('Config:\n%s', _CONFIG.value)
-  if _MODE.value == 'train':
-    train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  else:
-    train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+
+def _flag_error_message(error: BaseException, argv: list[str]) -> str:
+  """One line for an error in the flags: the flag at fault and what is wrong with it."""
+  chain = _chain(error)
+  root = chain[-1]
+  if isinstance(root, (KeyError, AttributeError)) and root.args:
+    # An override naming a field the config lacks (ml_collections hides a hint in a KeyError).
+    field = str(root.args[0])
+    hint = re.search(r'Did you mean "([^"]+)"', ' '.join(str(e.args[0]) for e in chain if e.args))
+    flag = next(
+      (a.split('=')[0] for a in argv if a.startswith('--config.') and field in a.split('=')[0]),
+      '--config override',
+    )
+    suggestion = f'; did you mean {hint.group(1)!r}?' if hint else '.'
+    return f'{flag}: the config has no field {field!r}{suggestion}'
+  if 'Error whilst parsing config file' in str(error):  # get_config(arg) rejected its argument
+    flag = str(error).split(': Error whilst', 1)[0]
+    return f'{flag}: {root}'
+  if isinstance(root, OSError) and 'Failed loading config file' in str(root):
+    lines = [line.strip() for line in str(root).splitlines() if line.strip()]
+    return f'--config={flags.FLAGS["config"].config_filename}: cannot load it: {lines[-1]}'
+  return str(error)
+
+
+def _exit_on_user_error(message: str, argv: list[str]) -> None:
+  """Prints `message` as one line (after the traceback if asked) and exits with status 2."""
+  if errors.verbose_requested(argv):
+    traceback.print_exc()
+  sys.stdout.flush()
+  print(f'error: {errors.one_line(message)}', file=sys.stderr, flush=True)
+  sys.exit(USER_ERROR_STATUS)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every mistake in the flags reported as one line."""
+  try:
+    remaining = flags.FLAGS(argv)
+    flags.FLAGS['config'].value.get('seed')  # a config file that failed to load raises here
+  except Exception as e:  # anything the flags or a config file raise is the command line's fault
+    _exit_on_user_error(_flag_error_message(e, argv), argv)
+  if len(remaining) > 1:
+    _exit_on_user_error(f'unexpected arguments {remaining[1:]}: every option is a --flag', argv)
+  return remaining
+
+
+def main(argv):
+  del argv  # checked by _parse_flags
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  try:
+    from aaf_jax import train  # after flag parsing: --help stays fast
+
+    logging.info('Config:\n%s', _CONFIG.value)
+    if _MODE.value == 'train':
+      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    else:
+      train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+  except errors.UserError as e:
+    _exit_on_user_error(str(e), sys.argv)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 from clu import metric_writers, periodic_actions
 
-from aaf_jax import evaluate, models, optim, sharding, viz
+from aaf_jax import errors, evaluate, models, optim, sharding, viz
 from aaf_jax.data import pipeline
 from aaf_jax.step import COMPUTE_DTYPES, init_state_fn, make_train_step, validate_config
 
@@ -115,11 +115,15 @@ def _from_init_checkpoint(path, state, state_sharding, signature):
     os.path.join(path, 'checkpoints') if os.path.isdir(os.path.join(path, 'checkpoints')) else path
   )
   if not os.path.isdir(directory):
-    raise FileNotFoundError(f'config.init_checkpoint={path!r}: no checkpoint directory there.')
+    raise errors.MissingFileError(
+      f'config.init_checkpoint={path!r}: no checkpoint directory there.'
+    )
   with ocp.CheckpointManager(directory) as source:
     step = source.latest_step()
     if step is None:
-      raise FileNotFoundError(f'config.init_checkpoint={path!r}: no checkpoint in {directory}.')
+      raise errors.MissingFileError(
+        f'config.init_checkpoint={path!r}: no checkpoint in {directory}.'
+      )
     meta = source.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
     ignore = ('loss_kind', 'loss_sizes')  # a CE run may initialise an AAF run
     check_signature(
@@ -176,7 +180,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Train per `config`, checkpointing into `workdir`, then evaluate; returns results.json."""
   pretrained = config.model.get('pretrained')
   if pretrained and not os.path.exists(os.path.expanduser(pretrained)):
-    raise FileNotFoundError(
+    raise errors.MissingFileError(
       f'config.model.pretrained={pretrained!r}: no such file. Import the '
       'ImageNet backbone with `python -m aaf_jax.weights` first, or set '
       "it to '' to train from scratch."
@@ -336,7 +340,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   rng = jax.random.key(config.seed)
   with checkpoint_manager(workdir, config.keep_checkpoints) as manager:
     if manager.latest_step() is None:
-      raise FileNotFoundError(f'--mode=eval: no checkpoint in {manager.directory}.')
+      raise errors.MissingFileError(f'--mode=eval: no checkpoint in {manager.directory}.')
     # Another dataset with the same classes is fine: that is how GTA5 tests a Cityscapes model.
     state, _ = restore_or_init(
       config,
