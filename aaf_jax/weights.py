@@ -83,12 +83,8 @@ def read_checkpoint(path: str, fmt: str) -> dict[str, np.ndarray]:
 
 
 def _read_slim(path):
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from aaf_jax.tf_cpu import tf  # only slim checkpoints need TensorFlow; kept off the GPUs
 
-  try:
-    tf.config.set_visible_devices([], 'GPU')  # reading a checkpoint must not claim GPU memory
-  except RuntimeError:
-    pass  # TF was initialised earlier; whoever did that chose its devices
   prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
   if prefix is None or not (os.path.exists(prefix + '.index') or os.path.exists(prefix)):
     raise FileNotFoundError(

@@ -8,8 +8,9 @@ input pipeline reads by example index.
 import importlib
 import os
 
-import tensorflow as tf
 import tensorflow_datasets as tfds
+
+import aaf_jax.tf_cpu  # noqa: F401  (TensorFlow off the GPUs before tfds starts it)
 
 _BUILDERS = {
   'synthetic': 'aaf_jax.data.synthetic:SyntheticShapes',
@@ -19,18 +20,6 @@ _BUILDERS = {
 }
 
 FILE_FORMAT = 'array_record'
-
-
-def hide_gpus_from_tensorflow() -> None:
-  """Keeps TensorFlow (used only for input) off the accelerators JAX owns."""
-  try:
-    tf.config.set_visible_devices([], 'GPU')
-  except RuntimeError:
-    # TF's runtime was already initialised by someone else; nothing can be changed now.
-    pass
-
-
-hide_gpus_from_tensorflow()
 
 
 def register_builder(name: str, builder: 'str | type[tfds.core.DatasetBuilder]') -> None:

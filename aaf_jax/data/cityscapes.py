@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from cityscapesscripts.helpers import labels as cityscapes_labels
 from etils import epath
 
-from aaf_jax.data import build
+from aaf_jax.data import base
 
 NUM_CLASSES = 19
 SPLITS = ('train', 'val')
@@ -58,26 +58,46 @@ def label_ids_to_train_ids(label_ids: np.ndarray, path) -> np.ndarray:
   train_ids = np.where(in_table, _TRAIN_ID_TABLE[ids.clip(0, 255)], -1)
   bad = np.unique(ids[train_ids < 0])
   if bad.size:
-    raise build.BadExampleError(
+    raise base.BadExampleError(
       f'{path}: values {bad[:10].tolist()} are not Cityscapes labelIds (0..33, -1)'
     )
   return train_ids.astype(np.uint8)
 
 
-class CityscapesFine(build.ManualSourceBuilder):
+class LabelIdBuilder(base.ManualSourceBuilder, skip_registration=True):
+  """Base for datasets of (RGB image, labelId PNG) pairs in Cityscapes' label ids: Cityscapes
+  itself and GTA5. Examples store the 19 train ids and are keyed by the image file stem."""
+
+  CLASS_NAMES = CLASS_NAMES
+
+  def _generate_examples(self, split: str, pairs: list[tuple[epath.Path, epath.Path]]):
+    return self._checked_examples(split, pairs, lambda pair: pair[0].stem, self._example)
+
+  def _example(self, pair: tuple[epath.Path, epath.Path]) -> dict:
+    image_path, label_path = pair
+    image, image_hw = base.read_rgb_image(image_path)
+    label_ids = base.read_index_png(label_path)
+    base.check_same_size(image_path, image_hw, label_path, label_ids.shape)
+    return {
+      'image': image,
+      'label': base.encode_mask(label_ids_to_train_ids(label_ids, label_path)),
+      'name': image_path.stem,
+    }
+
+
+class CityscapesFine(LabelIdBuilder):
   """Cityscapes fine train/val, 19 train-id classes."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Fine train/val, labels mapped to the 19 train ids.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract Cityscapes into the manual folder:\n{_LAYOUT}'
   LAYOUT = _LAYOUT
-  CLASS_NAMES = CLASS_NAMES
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
       builder=self,
       description=__doc__,
-      features=tfds.features.FeaturesDict(self._common_features()),
+      features=base.example_features(),
       homepage='https://www.cityscapes-dataset.com/',
       citation=_CITATION,
     )
@@ -105,20 +125,6 @@ class CityscapesFine(build.ManualSourceBuilder):
       (p, label_dir / p.parent.name / p.name.replace(_IMAGE_SUFFIX, _LABEL_SUFFIX)) for p in images
     ]
     return self._keep_present(pairs, image_dir, lambda pair: pair[1:])
-
-  def _generate_examples(self, split: str, pairs: list[tuple[epath.Path, epath.Path]]):
-    return self._checked_examples(split, pairs, lambda pair: pair[0].stem, self._example)
-
-  def _example(self, pair: tuple[epath.Path, epath.Path]) -> dict:
-    image_path, label_path = pair
-    image, image_hw = build.read_rgb_image(image_path)
-    label_ids = build.read_index_png(label_path)
-    build.check_same_size(image_path, image_hw, label_path, label_ids.shape)
-    return {
-      'image': image,
-      'label': build.encode_mask(label_ids_to_train_ids(label_ids, label_path)),
-      'name': image_path.stem,
-    }
 
 
 _CITATION = """\

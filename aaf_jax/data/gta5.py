@@ -14,7 +14,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 from etils import epath
 
-from aaf_jax.data import build, cityscapes
+from aaf_jax.data import base, cityscapes
 
 _SPLIT_KEYS = {'train': 'trainIds', 'val': 'valIds', 'test': 'testIds'}
 
@@ -26,20 +26,19 @@ _LAYOUT = """\
 (the images and labels archives, extracted side by side, plus the official split.mat)"""
 
 
-class Gta5(build.ManualSourceBuilder):
+class Gta5(cityscapes.LabelIdBuilder):
   """GTA5 semantic segmentation with the 19 Cityscapes train-id classes."""
 
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Labels mapped to the 19 Cityscapes train ids.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract GTA5 into the manual folder:\n{_LAYOUT}'
   LAYOUT = _LAYOUT
-  CLASS_NAMES = cityscapes.CLASS_NAMES
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
       builder=self,
       description=__doc__,
-      features=tfds.features.FeaturesDict(self._common_features()),
+      features=base.example_features(),
       homepage='https://download.visinf.tu-darmstadt.de/data/from_games/',
       citation=_CITATION,
     )
@@ -68,20 +67,6 @@ class Gta5(build.ManualSourceBuilder):
       generators[split] = self._generate_examples(split, pairs)
     return generators
 
-  def _generate_examples(self, split: str, pairs: list[tuple[epath.Path, epath.Path]]):
-    return self._checked_examples(split, pairs, lambda pair: pair[0].stem, self._example)
-
-  def _example(self, pair: tuple[epath.Path, epath.Path]) -> dict:
-    image_path, label_path = pair
-    image, image_hw = build.read_rgb_image(image_path)
-    label_ids = build.read_index_png(label_path)
-    build.check_same_size(image_path, image_hw, label_path, label_ids.shape)
-    return {
-      'image': image,
-      'label': build.encode_mask(cityscapes.label_ids_to_train_ids(label_ids, label_path)),
-      'name': image_path.stem,
-    }
-
 
 def _read_split_file(path: epath.Path) -> dict[str, list[int]]:
   """split name -> 1-based image numbers, from the official split.mat."""
@@ -105,7 +90,7 @@ def _read_split_file(path: epath.Path) -> dict[str, list[int]]:
     if not numeric or np.any((numbers < 1) | (numbers % 1 != 0)):
       raise ValueError(f'{path}: {key} must hold 1-based image numbers, got {numbers[:5]}')
     splits[split] = [int(n) for n in numbers]
-    build.check_unique(f'{path} ({key})', splits[split])
+    base.check_unique(f'{path} ({key})', splits[split])
   return splits
 
 

@@ -19,14 +19,13 @@ from collections.abc import Iterator
 
 import jax
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from aaf_jax import data as data_lib
+from aaf_jax.data import base
+from aaf_jax.tf_cpu import tf
 
-data_lib.hide_gpus_from_tensorflow()
-
-IGNORE_LABEL = 255  # label padding; every registered dataset uses it
+IGNORE_LABEL = base.IGNORE_LABEL  # label padding; every registered dataset uses it
 _IMAGE, _LABEL = 'image', 'label'
 _FOREVER = 2**62
 # The tf.data map functions use no Python control flow on tensors: skip AutoGraph.

@@ -18,6 +18,8 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
+from aaf_jax.data import base
+
 CLASS_NAMES = ('background', 'disc', 'box', 'triangle', 'ring', 'bar', 'star')
 IGNORE_LABEL = 255
 _SOLID = (1, 2, 3)  # disc, box, triangle: the classes that may get a void band
@@ -249,13 +251,7 @@ class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
       description=__doc__,
-      features=tfds.features.FeaturesDict(
-        {
-          'image': tfds.features.Image(shape=(None, None, 3)),
-          'label': tfds.features.Image(shape=(None, None, 1), encoding_format='png'),
-          'name': tfds.features.Text(),
-        }
-      ),
+      features=base.example_features(),
       supervised_keys=('image', 'label'),
     )
 

@@ -17,7 +17,7 @@ import scipy.io
 import tensorflow_datasets as tfds
 from etils import epath
 
-from aaf_jax.data import build
+from aaf_jax.data import base
 
 _VOC = 'VOCdevkit/VOC2012'
 _SBD = 'benchmark_RELEASE/dataset'
@@ -49,7 +49,7 @@ class _Source:
     return (self.image, self.label, self.instance)
 
 
-class VocAug(build.ManualSourceBuilder):
+class VocAug(base.ManualSourceBuilder):
   """PASCAL VOC 2012 + SBD semantic segmentation, 21 classes."""
 
   VERSION = tfds.core.Version('1.0.0')
@@ -63,12 +63,10 @@ class VocAug(build.ManualSourceBuilder):
     )  # fmt: skip
 
   def _info(self) -> tfds.core.DatasetInfo:
-    features = self._common_features()
-    features['instance'] = tfds.features.Image(shape=(None, None, 1), encoding_format='png')
     return tfds.core.DatasetInfo(
       builder=self,
       description=__doc__,
-      features=tfds.features.FeaturesDict(features),
+      features=base.example_features(instance=base.mask_feature()),
       homepage='http://host.robots.ox.ac.uk/pascal/VOC/voc2012/',
       citation=_CITATION,
     )
@@ -82,9 +80,9 @@ class VocAug(build.ManualSourceBuilder):
             f'{_SBD}/img', f'{_SBD}/cls', f'{_SBD}/inst',
             f'{sbd_lists}/train.txt', f'{sbd_lists}/val.txt',
         ])  # fmt: skip
-    voc_train = build.read_id_list(root / voc_lists / 'train.txt')
-    voc_val = build.read_id_list(root / voc_lists / 'val.txt')
-    sbd_ids = build.read_id_list(root / sbd_lists / 'train.txt') + build.read_id_list(
+    voc_train = base.read_id_list(root / voc_lists / 'train.txt')
+    voc_val = base.read_id_list(root / voc_lists / 'val.txt')
+    sbd_ids = base.read_id_list(root / sbd_lists / 'train.txt') + base.read_id_list(
       root / sbd_lists / 'val.txt'
     )
     excluded = set(voc_train) | set(voc_val)
@@ -127,20 +125,20 @@ class VocAug(build.ManualSourceBuilder):
     return self._checked_examples(split, sources, lambda s: s.name, self._example)
 
   def _example(self, source: _Source) -> dict:
-    image, image_hw = build.read_rgb_image(source.image)
+    image, image_hw = base.read_rgb_image(source.image)
     if source.from_sbd:
       label = _read_sbd_mask(source.label, 'GTcls')
       instance = _read_sbd_mask(source.instance, 'GTinst')
     else:
-      label = build.read_index_png(source.label)
-      instance = build.read_index_png(source.instance)
-    build.check_same_size(source.image, image_hw, source.label, label.shape)
-    build.check_same_size(source.image, image_hw, source.instance, instance.shape)
-    build.check_label_values(source.label, label, len(self.CLASS_NAMES), self.IGNORE_LABEL)
+      label = base.read_index_png(source.label)
+      instance = base.read_index_png(source.instance)
+    base.check_same_size(source.image, image_hw, source.label, label.shape)
+    base.check_same_size(source.image, image_hw, source.instance, instance.shape)
+    base.check_label_values(source.label, label, len(self.CLASS_NAMES), self.IGNORE_LABEL)
     return {
       'image': image,
-      'label': build.encode_mask(label),
-      'instance': build.encode_mask(instance),
+      'label': base.encode_mask(label),
+      'instance': base.encode_mask(instance),
       'name': source.name,
     }
 
@@ -151,11 +149,11 @@ def _read_sbd_mask(path: epath.Path, struct_name: str) -> np.ndarray:
     with epath.Path(path).open('rb') as f:
       mat = scipy.io.loadmat(f, squeeze_me=True, struct_as_record=False)
   except (scipy.io.matlab.MatReadError, ValueError, OSError, EOFError, TypeError) as e:
-    raise build.BadExampleError(f'{path}: cannot read .mat file ({e})') from e
+    raise base.BadExampleError(f'{path}: cannot read .mat file ({e})') from e
   segmentation = getattr(mat.get(struct_name), 'Segmentation', None)
   if segmentation is None:
     keys = sorted(k for k in mat if not k.startswith('__'))
-    raise build.BadExampleError(
+    raise base.BadExampleError(
       f'{path}: expected a struct {struct_name!r} with field Segmentation; found {keys}'
     )
   segmentation = np.asarray(segmentation)
@@ -165,7 +163,7 @@ def _read_sbd_mask(path: epath.Path, struct_name: str) -> np.ndarray:
     or segmentation.min(initial=0) < 0
     or segmentation.max(initial=0) > 255
   ):
-    raise build.BadExampleError(
+    raise base.BadExampleError(
       f'{path}: {struct_name}.Segmentation must be a 2-D integer array in 0..255, got '
       f'{segmentation.dtype} of shape {segmentation.shape}'
     )
