@@ -77,13 +77,27 @@ def _flag_error_message(error: BaseException, argv: list[str]) -> str:
   return str(error)
 
 
+def _leave(status: int) -> None:
+  """Flushes the logs and ends the process at once, skipping the interpreter's teardown.
+
+  After an error, a tf.data pipeline may still have threads inside its Python read function;
+  the final garbage collection then destroys the pipeline while holding the GIL those threads
+  wait for, and the process never exits (seen with a damaged record file). Checkpoints are
+  already complete here: training finishes its pending save before an error leaves it.
+  """
+  logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
+
+
 def _exit_on_user_error(message: str, argv: list[str]) -> None:
   """Prints `message` as one line (after the traceback if asked) and exits with status 2."""
   if errors.verbose_requested(argv):
     traceback.print_exc()
   sys.stdout.flush()
   print(f'error: {errors.one_line(message)}', file=sys.stderr, flush=True)
-  sys.exit(USER_ERROR_STATUS)
+  _leave(USER_ERROR_STATUS)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -111,6 +125,9 @@ def main(argv):
       train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
   except errors.UserError as e:
     _exit_on_user_error(str(e), sys.argv)
+  except Exception:  # a bug: its traceback, then the same prompt exit
+    traceback.print_exc()
+    _leave(1)
 
 
 if __name__ == '__main__':

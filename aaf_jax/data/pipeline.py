@@ -14,15 +14,18 @@ prefetched, so the accelerator is fed while the host prepares the next batches.
 
 import dataclasses
 import math
+import os
 import re
 from collections.abc import Iterator
 
 import jax
 import numpy as np
 import tensorflow_datasets as tfds
+from google.protobuf import json_format
 
 from aaf_jax import data as data_lib
-from aaf_jax.data import base
+from aaf_jax import errors
+from aaf_jax.data import base, integrity
 from aaf_jax.tf_cpu import tf
 
 IGNORE_LABEL = base.IGNORE_LABEL  # label padding; every registered dataset uses it
@@ -44,16 +47,47 @@ class DatasetInfo:
 
 
 def dataset_info(data_cfg) -> DatasetInfo:
-  """Class names and split sizes of `data_cfg.name` (prepares the data if needed)."""
-  builder = data_lib.get_builder(data_cfg)
+  """Class names and split sizes of `data_cfg.name` (prepares the data if needed).
+
+  Also checks the prepared files: both splits' shards must be there with the record counts
+  of the metadata, and the evaluation split is read through once, so a damaged file stops
+  the run now rather than after training.
+  """
+  builder = _prepared_builder(data_cfg)
   class_names = tuple(builder.CLASS_NAMES)
-  return DatasetInfo(
+  info = DatasetInfo(
     num_classes=len(class_names),
     class_names=class_names,
     ignore_label=int(builder.IGNORE_LABEL),
     num_train=_split_size(builder, data_cfg.train_split, 'config.data.train_split'),
     num_eval=_split_size(builder, data_cfg.eval_split, 'config.data.eval_split'),
   )
+  data_dir = _data_dir(data_cfg)
+  integrity.check_split(builder, data_cfg.train_split, data_cfg.name, data_dir, read_all=False)
+  integrity.check_split(builder, data_cfg.eval_split, data_cfg.name, data_dir, read_all=True)
+  return info
+
+
+def _data_dir(data_cfg) -> str:
+  return os.path.expanduser(os.fspath(data_cfg.get('data_dir') or ''))
+
+
+def _prepared_builder(data_cfg):
+  """The dataset's builder, its data prepared; damaged metadata is named, not just parsed."""
+  try:
+    builder = data_lib.get_builder(data_cfg)
+  except (json_format.ParseError, AssertionError) as e:  # TFDS asserts the version matches
+    root = os.path.join(_data_dir(data_cfg), data_lib.builder_class(data_cfg.name).name)
+    path = integrity.unreadable_metadata(root)
+    if path is None:
+      raise
+    folder = os.path.dirname(path)
+    raise integrity.DamagedDataError(
+      f'{path}: not readable metadata ({errors.one_line(e) or type(e).__name__}); '
+      f'{integrity.rebuild_hint(data_cfg.name, _data_dir(data_cfg), folder)}'
+    ) from e
+  integrity.check_prepared(builder, data_cfg.name, _data_dir(data_cfg))
+  return builder
 
 
 def _split_size(builder, split: str, field: str) -> int:
@@ -122,7 +156,7 @@ class _Split:
   """One split of a prepared dataset: raw records by index, and their TF decoder."""
 
   def __init__(self, data_cfg, split: str, field: str):
-    builder = data_lib.get_builder(data_cfg)
+    builder = _prepared_builder(data_cfg)
     self.num_examples = _split_size(builder, split, field)
     if self.num_examples == 0:
       raise ValueError(f'{field}={split!r} of {builder.name} has no examples')
@@ -131,7 +165,11 @@ class _Split:
         f'{builder.name}.IGNORE_LABEL={builder.IGNORE_LABEL}: the pipeline '
         f'pads labels with {IGNORE_LABEL}, so datasets must ignore it'
       )
+    integrity.check_split(builder, split, data_cfg.name, _data_dir(data_cfg), read_all=False)
     self.name = f'{builder.name}/{builder.builder_config_name or ""}:{split}'
+    self._builder, self._split, self._dataset_name = builder, split, data_cfg.name
+    self._data_dir = _data_dir(data_cfg)
+    self.damage = ''  # set when a read fails on a damaged record: the message naming its file
     self._source = builder.as_data_source(
       split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
     )
@@ -143,7 +181,25 @@ class _Split:
     }
 
   def _read(self, indices: np.ndarray) -> np.ndarray:
-    return np.array(self._source.__getitems__(indices.tolist()), dtype=object)
+    try:
+      return np.array(self._source.__getitems__(indices.tolist()), dtype=object)
+    except RuntimeError:  # ArrayRecord's error for a record it cannot read
+      self.damage = self.damage or integrity.locate_damage(
+        self._builder,
+        self._split,
+        self._dataset_name,
+        self._data_dir,
+        indices,
+        lambda i: self._source.__getitems__([i]),
+      )
+      # Empty records fail to decode, which stops the pipeline; raising here instead would
+      # make TensorFlow log the whole Python traceback before our one-line message.
+      return np.full(len(indices), b'', dtype=object)
+
+  def raise_if_damaged(self) -> None:
+    """After a failed read: the one-line error naming the damaged file, if that was the cause."""
+    if self.damage:
+      raise integrity.DamagedDataError(self.damage)
 
   def read(self, indices: tf.Tensor) -> tf.Tensor:
     """Serialized examples [B] for example indices [B] (a Python call, one per batch)."""
@@ -325,7 +381,11 @@ class TrainIterator:
   def __next__(self) -> dict[str, np.ndarray]:
     if self._batches is None:
       self._batches = self._dataset(self._step).as_numpy_iterator()
-    batch = next(self._batches)
+    try:
+      batch = next(self._batches)
+    except tf.errors.OpError:
+      self._split.raise_if_damaged()
+      raise
     self._step += 1
     return batch
 
@@ -458,11 +518,14 @@ class EvalIterable:
         yield next(batches)
       except StopIteration:
         return
-      except tf.errors.InvalidArgumentError as e:
+      except tf.errors.OpError as e:
+        self._split.raise_if_damaged()
+        if not isinstance(e, tf.errors.InvalidArgumentError):
+          raise
         found = re.search(r'assertion failed: \[(.*config\.data\.eval_size.*?)\]', e.message)
         if not found:
           raise
-        raise ValueError(
+        raise errors.UserError(
           found.group(1).replace('] [', ' ') + ': raise eval_size to '
           'at least the largest image of the split'
         ) from None
