@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aaf_jax.errors import MissingFileError, UserError, one_line
+
 FORMATS = ('slim', 'safetensors', 'pth')
 CLASSIFIER = {'slim': 'logits', 'safetensors': 'fc', 'pth': 'fc'}  # name prefix per format
 # The layout each source was trained in; see aaf_jax/models/resnet.py.
@@ -50,6 +52,22 @@ _TIMM_STEM = {
 _UNIT = re.compile(r'stage(\d+)_unit(\d+)$')
 
 
+class WeightFileError(UserError):
+  """A weight file that cannot be read, is cut short, or holds weights of another network."""
+
+
+class MissingTorchError(UserError, ImportError):
+  """A .pth file given where torch, needed to read it, is not installed."""
+
+
+def _unreadable(path: str, what: str, error: Exception) -> WeightFileError:
+  cause = one_line(error)[:300] or 'no detail'
+  return WeightFileError(
+    f'{path!r} cannot be read as {what} ({type(error).__name__}: {cause}); the file is damaged, '
+    'cut short or of another format: import it again with `python -m aaf_jax.weights`.'
+  )
+
+
 # --- reading checkpoints -------------------------------------------------------------------
 
 
@@ -61,7 +79,7 @@ def infer_format(path: str) -> str:
     return 'pth'
   if os.path.isdir(path) or os.path.exists(path + '.index') or path.endswith('.ckpt'):
     return 'slim'
-  raise ValueError(
+  raise WeightFileError(
     f'cannot tell the format of {path!r}: expected a .safetensors, .pth/.pt '
     'file, or a TF checkpoint prefix (with a .index file) or folder.'
   )
@@ -74,11 +92,14 @@ def read_checkpoint(path: str, fmt: str) -> dict[str, np.ndarray]:
   if fmt == 'slim':
     return _read_slim(path)
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'weight file {path!r} does not exist.')
+    raise MissingFileError(f'weight file {path!r} does not exist.')
   if fmt == 'safetensors':
     import safetensors.numpy  # pylint: disable=g-import-not-at-top
 
-    return dict(safetensors.numpy.load_file(path))
+    try:
+      return dict(safetensors.numpy.load_file(path))
+    except Exception as e:  # the library's own error types; every one means a bad file
+      raise _unreadable(path, 'a .safetensors file', e) from e
   return _read_pth(path)
 
 
@@ -87,26 +108,34 @@ def _read_slim(path):
 
   prefix = tf.train.latest_checkpoint(path) if os.path.isdir(path) else path
   if prefix is None or not (os.path.exists(prefix + '.index') or os.path.exists(prefix)):
-    raise FileNotFoundError(
+    raise MissingFileError(
       f'no TF checkpoint at {path!r} (expected a prefix with a .index '
       'file, or a folder holding a `checkpoint` file).'
     )
-  reader = tf.train.load_checkpoint(prefix)
-  return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+    return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+  except (tf.errors.OpError, ValueError) as e:
+    raise _unreadable(prefix, 'a TF checkpoint', e) from e
 
 
 def _read_pth(path):
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError as e:
-    raise ImportError(
+    raise MissingTorchError(
       f'reading {path!r} needs torch, which is not installed; install torch, '
       'or save the state dict as .safetensors and import that instead.'
     ) from e
-  state = torch.load(path, map_location='cpu', weights_only=True)
+  try:
+    state = torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # pickle, zip and torch errors alike: the file is not a state dict
+    raise _unreadable(path, 'a torch state dict', e) from e
   for key in ('state_dict', 'model'):
     if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
       state = state[key]
+  if not isinstance(state, Mapping):
+    raise WeightFileError(f'{path!r} holds a {type(state).__name__}, not a torch state dict.')
   return {k: v.detach().float().numpy() for k, v in state.items() if hasattr(v, 'detach')}
 
 
@@ -121,7 +150,7 @@ def slim_scope(names) -> str:
   """The model scope of a slim checkpoint, e.g. 'resnet_v1_101'."""
   scopes = {n.split('/')[0] for n in names if '/block1/' in n}
   if len(scopes) != 1:
-    raise ValueError(
+    raise WeightFileError(
       f'cannot find the one ResNet scope of the slim checkpoint (variables '
       f'named SCOPE/block1/...): found {sorted(scopes)}; pass scope=.'
     )
@@ -260,7 +289,7 @@ def convert(
       f'prefixes to leave them out): {_few(unmatched)}'
     )
   if problems:
-    raise ValueError('weight import failed:\n  ' + '\n  '.join(problems))
+    raise WeightFileError('weight import failed:\n  ' + '\n  '.join(problems))
   return flax.traverse_util.unflatten_dict(out)
 
 
@@ -283,13 +312,23 @@ def save(path: str, variables: Mapping, *, layout: str, source: str) -> None:
 def load(path: str) -> dict:
   """Read a file written by `save`: {'params', 'batch_stats', 'meta'}."""
   if not os.path.isfile(path):
-    raise FileNotFoundError(f'backbone weight file {path!r} does not exist.')
+    raise MissingFileError(f'backbone weight file {path!r} does not exist.')
   with open(path, 'rb') as f:
-    state = flax.serialization.msgpack_restore(f.read())
-  if not {'params', 'batch_stats', 'meta'} <= set(state):
-    raise ValueError(
-      f'{path!r} is not a backbone file written by aaf_jax.weights.save '
-      f'(top-level keys {sorted(state)}).'
+    content = f.read()
+  try:
+    state = flax.serialization.msgpack_restore(content)
+  except Exception as e:  # msgpack's errors for bytes that are not (whole) msgpack
+    raise _unreadable(path, 'a backbone .msgpack', e) from e
+  keys = sorted(map(str, state)) if isinstance(state, Mapping) else type(state).__name__
+  if (
+    not isinstance(state, Mapping)
+    or not {'params', 'batch_stats', 'meta'} <= set(state)
+    or not isinstance(state['meta'], Mapping)
+    or 'layout' not in state['meta']
+  ):
+    raise WeightFileError(
+      f'{path!r} is not a backbone file written by aaf_jax.weights.save (top level: {keys}); '
+      'import the backbone with `python -m aaf_jax.weights`.'
     )
   return state
 
@@ -336,16 +375,20 @@ def load_backbone(
   else:
     fmt = infer_format(path)
     trained_layout = SOURCE_LAYOUT[fmt]
-    imported = convert(
-      read_checkpoint(path, fmt),
-      target,
-      source='slim' if fmt == 'slim' else 'torch',
-      skip=default_skip(fmt) if skip is None else skip,
-      scope=scope,
-      fold_std=default_fold_std(fmt) if isinstance(fold_std, str) else fold_std,
-    )
+    tensors = read_checkpoint(path, fmt)
+    try:
+      imported = convert(
+        tensors,
+        target,
+        source='slim' if fmt == 'slim' else 'torch',
+        skip=default_skip(fmt) if skip is None else skip,
+        scope=scope,
+        fold_std=default_fold_std(fmt) if isinstance(fold_std, str) else fold_std,
+      )
+    except WeightFileError as e:
+      raise WeightFileError(f'{path!r} does not hold weights of this backbone: {e}') from e
   if layout is not None and layout != trained_layout:
-    raise ValueError(
+    raise WeightFileError(
       f'{path!r} holds weights of a {trained_layout!r}-layout ResNet but the '
       f'model uses layout={layout!r}; set config.model.layout='
       f'{trained_layout!r}.'
@@ -367,7 +410,7 @@ def _merge(target, imported, collection, path):
     if k in have and np.shape(have[k]) != tuple(want[k].shape)
   )
   if missing or extra or shapes:
-    raise ValueError(
+    raise WeightFileError(
       f'{path!r} does not fit the model backbone ({collection}): missing from '
       f'the file {_few(missing)}; not in the model {_few(extra)}; shape '
       f'mismatches {_few(shapes)}.'

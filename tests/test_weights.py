@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-from aaf_jax import models, weights
+from aaf_jax import errors, models, weights
 from aaf_jax.models import resnet
 
 _RNG = np.random.default_rng(0)
@@ -239,8 +239,64 @@ def test_pth_without_torch_is_a_clear_error(tmp_path):
     pass
   path = tmp_path / 'model.pth'
   path.write_bytes(b'not really')
-  with pytest.raises(ImportError, match='needs torch.*safetensors'):
+  with pytest.raises(ImportError, match='needs torch.*safetensors') as info:
     weights.read_checkpoint(str(path), 'pth')
+  assert isinstance(info.value, errors.UserError)  # launch.py reports it in one line
+
+
+def _truncate(path):
+  data = open(path, 'rb').read()
+  open(path, 'wb').write(data[: len(data) // 2])
+
+
+def _garbage(path):
+  open(path, 'wb').write(bytes(range(256)) * 8)
+
+
+def _backbone_msgpack(path):
+  _, fresh = _segmenter()
+  weights.save(path, {c: fresh[c]['backbone'] for c in fresh}, layout='torchvision', source='test')
+
+
+@pytest.mark.parametrize(
+  'name, make, damage, expected',
+  [
+    ('b.msgpack', _backbone_msgpack, _truncate, 'cannot be read as a backbone .msgpack'),
+    ('b.msgpack', _backbone_msgpack, _garbage, 'cannot be read as a backbone .msgpack'),
+    (
+      'b.msgpack',
+      lambda p: open(p, 'wb').write(flax.serialization.msgpack_serialize({'step': 3})),
+      lambda p: None,
+      "not a backbone file written by aaf_jax.weights.save (top level: ['step'])",
+    ),
+    ('s.safetensors', lambda p: None, _garbage, 'cannot be read as a .safetensors file'),
+    (
+      's.safetensors',
+      lambda p: safetensors.numpy.save_file({'w': np.zeros((64, 64), np.float32)}, p),
+      _truncate,
+      'cannot be read as a .safetensors file',
+    ),
+    (
+      's.safetensors',
+      lambda p: safetensors.numpy.save_file({'w': np.zeros((4,), np.float32)}, p),
+      lambda p: None,
+      "source tensors match no backbone leaf (pass skip= prefixes to leave them out): ['w']",
+    ),
+    ('m.ckpt.index', lambda p: None, _garbage, 'cannot be read as a TF checkpoint'),
+  ],
+)
+def test_unreadable_truncated_or_foreign_weights_name_the_file(
+  tmp_path, name, make, damage, expected
+):
+  """Each bad file is a WeightFileError (a user error) naming the file and what is wrong."""
+  path = str(tmp_path / name)
+  make(path)
+  damage(path)
+  source = path[: -len('.index')] if path.endswith('.index') else path
+  with pytest.raises(weights.WeightFileError) as info:
+    weights.load_backbone(source, _segmenter()[1], layout='torchvision')
+  message = ' '.join(str(info.value).split())
+  assert expected in message and os.path.basename(source) in message, message
 
 
 # --- TF-slim equivalence ---------------------------------------------------------------------
