@@ -9,10 +9,15 @@ delete its folder to retrain).
 import argparse
 import json
 import os
+import sys
 import time
 
-from aaf_jax import train
-from configs import synthetic
+# Run as `python benchmarks/compare_losses.py`, Python puts benchmarks/ on the path, not the
+# repository root that holds configs/.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from aaf_jax import train  # noqa: E402
+from configs import synthetic  # noqa: E402
 
 
 def main():

@@ -1,0 +1,77 @@
+"""Every command the README and docs/ show runs as written (or a fast variant), and every link
+they hold points at a file of this repository.
+
+launch.py commands run with `--only_check_args` (flags and config, overrides included, are
+parsed and checked; nothing trains: the tiny end-to-end tests do that); other scripts and
+modules run with `--help`, which imports everything they import. They run as from a fresh
+clone: `aaf_jax` importable (pip install -e . puts it on the path), nothing else added.
+"""
+
+import glob
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = [os.path.join(ROOT, 'README.md'), *sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))]
+# `python launch.py ...`, `python -m package.module ...`, `python path/script.py ...`, but not
+# the set-up commands' `.venv/bin/python` (CI runs those verbatim, see test_readme.py).
+_COMMAND = re.compile(r'(?<![/\w.])python3? ((?:-m [\w.]+)|[\w/.]+\.py)((?:[^`\n\\#]|\\\n)*)')
+
+
+def documented_commands() -> list[tuple[str, str]]:
+  """(script or `-m module`, its arguments): launch.py's each, other targets once."""
+  found = set()
+  for path in DOCS:
+    for match in _COMMAND.finditer(open(path).read()):
+      target, args = match.group(1), ' '.join(match.group(2).replace('\\\n', ' ').split())
+      if target != '-m venv':  # the set-up commands: test_readme.py
+        found.add((target, args if target == 'launch.py' else ''))
+  return sorted(found)
+
+
+def test_the_readme_documents_commands():
+  targets = {target for target, _ in documented_commands()}
+  assert {'launch.py', '-m aaf_jax.weights', '-m aaf_jax.data.build'} <= targets, targets
+
+
+@pytest.fixture(scope='module')
+def fresh_clone_path(tmp_path_factory):
+  """A PYTHONPATH holding only the installed package, as `pip install -e .` leaves it."""
+  site = tmp_path_factory.mktemp('site')
+  os.symlink(os.path.join(ROOT, 'aaf_jax'), site / 'aaf_jax')
+  return str(site)
+
+
+@pytest.mark.parametrize('target, args', documented_commands())
+def test_documented_command_runs(target, args, tmp_path, fresh_clone_path):
+  if target == 'launch.py':
+    args = args.replace('DIR', str(tmp_path / 'work')).split() + ['--only_check_args']
+  else:
+    args = ['--help']
+  result = subprocess.run(
+    [sys.executable, *target.split(), *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, 'PYTHONPATH': fresh_clone_path},
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _links(path):
+  text = open(path).read()
+  return re.findall(r'\]\(([^)#\s]+)(?:#[^)]*)?\)', text)
+
+
+@pytest.mark.parametrize('path', DOCS, ids=lambda p: os.path.relpath(p, ROOT))
+def test_links_point_inside_the_repository(path):
+  for link in _links(path):
+    if re.match(r'https?://', link):
+      continue
+    target = os.path.normpath(os.path.join(os.path.dirname(path), link))
+    assert target.startswith(ROOT + os.sep) and os.path.exists(target), f'{path}: {link}'
