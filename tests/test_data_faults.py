@@ -99,6 +99,13 @@ def test_damage_is_found_at_start_up_naming_the_file(damaged, damage):
   assert '\n' not in message
 
 
+def test_preparing_announces_no_download(tmp_path, capfd, caplog):
+  caplog.set_level('INFO')
+  pipeline.dataset_info(tiny_config(tmp_path).data)
+  assert 'Download' not in capfd.readouterr().out
+  assert any('nothing is downloaded' in r.getMessage() for r in caplog.records)
+
+
 def test_rebuild_hint_names_the_build_command_for_real_datasets():
   hint = integrity.rebuild_hint('voc', '/data/tfds', '/data/tfds/voc_aug/1.0.0')
   assert 'python -m aaf_jax.data.build --dataset=voc' in hint and '--data_dir=/data/tfds' in hint

@@ -44,7 +44,18 @@ class BadExampleError(ValueError):
   """One example's source files are unusable; the message names the file(s) at fault."""
 
 
-class ManualSourceBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class PreparedLocally:
+  """Mixin for builders that download nothing: TFDS would announce 'Downloading and preparing
+  dataset Unknown size ...' on stdout, which misleads on a machine with no network."""
+
+  def _log_download_bytes(self) -> None:
+    logging.info('Preparing %s in %s (nothing is downloaded).', self.name, self.data_dir)
+
+  def _log_download_done(self) -> None:
+    logging.info('Prepared %s in %s; later runs reuse it.', self.name, self.data_dir)
+
+
+class ManualSourceBuilder(PreparedLocally, tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base for builders that read an extracted official dataset from the manual folder.
 
   `skip_bad_examples=True` turns a bad example (corrupt image, size mismatch, label value

@@ -231,7 +231,7 @@ def draw_example(
   return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
 
-class SyntheticShapes(tfds.core.GeneratorBasedBuilder):
+class SyntheticShapes(base.PreparedLocally, tfds.core.GeneratorBasedBuilder):
   """Procedural shapes segmentation set (see the module docstring)."""
 
   VERSION = tfds.core.Version('1.0.0')
