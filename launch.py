@@ -16,7 +16,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aaf_jax import errors
+from aaf_jax import errors, validation
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow serves only the input pipeline
 
@@ -28,7 +28,8 @@ _MODE = flags.DEFINE_enum(
   'mode',
   'train',
   ['train', 'eval'],
-  'train: train then evaluate; eval: evaluate the latest checkpoint.',
+  'train: train then evaluate; eval: evaluate the latest checkpoint into '
+  'WORKDIR/eval-DATASET-SPLIT.json.',
 )
 flags.DEFINE_bool('verbose', False, 'Print the traceback of a user error (also AAF_VERBOSE=1).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -116,9 +117,10 @@ def main(argv):
   del argv  # checked by _parse_flags
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
+    logging.info('Config:\n%s', _CONFIG.value)
+    validation.validate(_CONFIG.value)  # before anything is imported or built
     from aaf_jax import train  # after flag parsing: --help stays fast
 
-    logging.info('Config:\n%s', _CONFIG.value)
     if _MODE.value == 'train':
       train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
     else:

@@ -16,9 +16,9 @@ import numpy as np
 import optax
 from clu import metrics
 
-from aaf_jax import affinity, optim
+from aaf_jax import affinity, loss_kinds, optim
 
-LOSS_KINDS = ('ce', 'affinity', 'aaf')
+# config.compute_dtype (aaf_jax.validation.COMPUTE_DTYPES) -> the dtype the network computes in.
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
 
@@ -38,37 +38,6 @@ class TrainMetrics(metrics.Collection):
   nonedge: metrics.Average.from_output('nonedge')
   pixel_acc: metrics.Average.from_output('pixel_acc')
   learning_rate: metrics.LastValue.from_output('learning_rate')
-
-
-def validate_config(config) -> None:
-  """Errors that name the field, raised before anything is built."""
-  kind = config.loss.kind
-  if kind not in LOSS_KINDS:
-    raise ValueError(f'config.loss.kind={kind!r} is unknown; expected one of {LOSS_KINDS}.')
-  if kind == 'affinity' and len(config.loss.sizes) != 1:
-    raise ValueError(
-      f'config.loss.sizes={tuple(config.loss.sizes)}: the fixed-size '
-      "affinity loss takes exactly one size (use kind 'aaf' for several)."
-    )
-  if config.compute_dtype not in COMPUTE_DTYPES:
-    raise ValueError(
-      f'config.compute_dtype={config.compute_dtype!r}; expected one of {sorted(COMPUTE_DTYPES)}.'
-    )
-  for field in (
-    'num_train_steps',
-    'batch_size',
-    'grad_accum_steps',
-    'log_every_steps',
-    'checkpoint_every_steps',
-    'keep_checkpoints',
-  ):
-    if not isinstance(config[field], int) or config[field] < 1:
-      raise ValueError(f'config.{field}={config[field]!r}: expected an integer >= 1.')
-  if config.batch_size % config.grad_accum_steps:
-    raise ValueError(
-      f'config.batch_size={config.batch_size} must be a multiple of '
-      f'config.grad_accum_steps={config.grad_accum_steps}.'
-    )
 
 
 def shrink_labels(labels, height: int, width: int):
@@ -93,10 +62,14 @@ def cross_entropy(logits, labels, num_classes: int):
 
 
 def make_loss_fn(model, config, num_classes: int):
-  """(params, batch_stats, images, labels, step, rng) -> (total, (terms, new batch_stats))."""
+  """(params, batch_stats, images, labels, step, rng) -> (total, (terms, new batch_stats)).
+
+  total = CE + aux_weight * aux CE + decay(step) * (lambda_edge * edge + lambda_nonedge *
+  nonedge), the affinity terms being those of the loss kind (aaf_jax.loss_kinds).
+  """
   loss_cfg = config.loss
-  sizes = tuple(loss_cfg.sizes)
-  aux_weight = float(config.model.get('aux_weight', 0.0))
+  kind = loss_kinds.get(loss_cfg.kind)
+  aux_weight = float(config.model.aux_weight)
 
   def loss_fn(params, batch_stats, images, labels, step, rng):
     outputs, updates = model.apply(
@@ -110,28 +83,18 @@ def make_loss_fn(model, config, num_classes: int):
     ce, pixel_acc, small_labels = cross_entropy(logits, labels, num_classes)
     total = ce
     if 'aux_logits' in outputs and aux_weight > 0:
-      total += (
-        aux_weight
-        * cross_entropy(outputs['aux_logits'].astype(jnp.float32), labels, num_classes)[0]
-      )
+      aux_logits = outputs['aux_logits'].astype(jnp.float32)
+      total += aux_weight * cross_entropy(aux_logits, labels, num_classes)[0]
     edge = nonedge = jnp.zeros(())
-    if loss_cfg.kind != 'ce':
-      probs = jax.nn.softmax(logits, axis=-1)
-      if loss_cfg.kind == 'affinity':
-        edge, nonedge = affinity.affinity_loss(
-          probs, small_labels, num_classes=num_classes, size=sizes[0], margin=loss_cfg.margin
-        )
-      else:
-        edges, nonedges = affinity.adaptive_affinity_loss(
-          probs,
-          small_labels,
-          num_classes=num_classes,
-          sizes=sizes,
-          margin=loss_cfg.margin,
-          edge_logits=params['aaf']['edge_logits'],
-          nonedge_logits=params['aaf']['nonedge_logits'],
-        )
-        edge, nonedge = jnp.sum(edges), jnp.sum(nonedges)
+    affinity_terms = kind.terms(
+      jax.nn.softmax(logits, axis=-1),
+      small_labels,
+      num_classes=num_classes,
+      loss_cfg=loss_cfg,
+      tables=params.get('aaf'),
+    )
+    if affinity_terms is not None:
+      edge, nonedge = affinity_terms
       scale = (
         affinity.loss_decay(step, config.num_train_steps) if loss_cfg.decay else jnp.float32(1.0)
       )
@@ -210,7 +173,7 @@ def init_state_fn(model, tx, config, num_classes: int, crop: int):
       {'params': rng, 'dropout': rng}, jnp.zeros((1, crop, crop, 3), jnp.float32), train=False
     )
     params = {'model': variables['params']}
-    if config.loss.kind == 'aaf':
+    if loss_kinds.get(config.loss.kind).learns_tables:
       table = jnp.zeros((num_classes, len(config.loss.sizes)), jnp.float32)
       params['aaf'] = {'edge_logits': table, 'nonedge_logits': table}
     return TrainState(

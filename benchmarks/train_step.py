@@ -44,11 +44,10 @@ def count_flops(jaxpr) -> float:
 
 
 def build(preset, kind, crop, batch, num_classes, dtype, steps):
-  config = common.base_config(kind)
+  config = common.base_config(kind, preset)
   config.num_train_steps = steps
   config.batch_size = batch
   config.compute_dtype = dtype
-  config.model = models.get_preset(preset)
   model = models.build_model(
     config.model, num_classes=num_classes, dtype=step.COMPUTE_DTYPES[dtype]
   )

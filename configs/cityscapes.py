@@ -11,8 +11,6 @@ The recipe's batch of 8 ran on 4 GPUs with synchronised BatchNorm; here BatchNor
 are over the global batch on however many devices the run has.
 """
 
-import ml_collections
-
 from configs import common
 
 
@@ -38,22 +36,9 @@ def get_config(arg=None):
 
   config.model.pretrained = args.pretrained
 
-  config.data = ml_collections.ConfigDict(
-    dict(
-      name='cityscapes',
-      data_dir=args.data_dir,
-      manual_dir='',
-      train_split='train',
-      eval_split='val',
-      crop_size=720,
-      min_scale=0.5,
-      max_scale=2.0,
-      mirror=True,
-      mean=(122.675, 116.669, 104.008),
-      eval_size=(1024, 2048),
-      prefetch=4,
-      skip_bad_examples=False,
-    )
-  )
+  config.data.name = 'cityscapes'
+  config.data.train_split, config.data.eval_split = 'train', 'val'
+  config.data.crop_size = 720
+  config.data.eval_size = (1024, 2048)
   config.lock()
   return config

@@ -1,17 +1,19 @@
-"""Pieces every config shares: argument parsing and the base config.
+"""The base config (every field the trainer, model, data and evaluation read) and arguments.
 
-A config file's `get_config(arg)` takes the text after the colon in
-`--config=configs/NAME.py:ARG`: comma-separated `key=value` pairs and bare flags, e.g.
-`aaf` or `aaf,steps=200`. Unknown keys are an error, and the returned config is locked, so a
-typo in a `--config.some.field=...` override is an error too.
+`base_config()` is the whole contract: set-up configs (synthetic.py, voc.py, cityscapes.py)
+only override its fields, and `aaf_jax.validation.validate` checks each field's type and range
+before anything is built. A config file's `get_config(arg)` takes the text after the colon in
+`--config=configs/NAME.py:ARG`: comma-separated `key=value` pairs and bare flags, e.g. `aaf` or
+`aaf,steps=200`. Unknown keys are an error, and the returned config is locked, so a typo in a
+`--config.some.field=...` override is an error too. Loading a config imports no jax.
 """
 
 import ast
 
 import ml_collections
 
-from aaf_jax.models import get_preset
-from aaf_jax.step import LOSS_KINDS
+from aaf_jax import loss_kinds, presets
+from aaf_jax.loss_kinds import LOSS_KINDS
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -44,10 +46,11 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
-def base_config(loss_kind: str = 'aaf') -> ml_collections.ConfigDict:
-  """Every field the trainer reads, with the recipe's defaults (AAF_SPEC.md)."""
-  if loss_kind not in LOSS_KINDS:
-    raise ValueError(f'config.loss.kind={loss_kind!r} is unknown; expected one of {LOSS_KINDS}.')
+def base_config(
+  loss_kind: str = 'aaf', model_preset: str = 'pspnet_resnet101'
+) -> ml_collections.ConfigDict:
+  """Every field, with the recipe's defaults (AAF_SPEC.md); returned unlocked for the set-up."""
+  kind = loss_kinds.get(loss_kind)
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.num_train_steps = 30_000
@@ -55,23 +58,59 @@ def base_config(loss_kind: str = 'aaf') -> ml_collections.ConfigDict:
   c.eval_batch_size = 8  # global, for evaluation at full resolution
   c.grad_accum_steps = 1  # the batch is split into this many sequential micro-batches
   c.compute_dtype = 'float32'  # or 'bfloat16': convs in bf16, params and loss in float32
-  c.init_checkpoint = ''  # a workdir or checkpoint dir to start from when workdir has none
+  # A workdir or checkpoint dir whose network weights start a run that has no checkpoint yet.
+  c.init_checkpoint = ''
 
   c.optimizer = ml_collections.ConfigDict(
     dict(learning_rate=1e-3, poly_power=0.9, momentum=0.9, weight_decay=5e-4, head_lr_mult=10.0)
   )
 
-  # The fixed-size affinity field uses s = 1 (spec item 7); AAF chooses among 1, 2, 3.
+  # decay: scale the affinity term by 10 ** (-step / num_train_steps) (spec item 10).
   c.loss = ml_collections.ConfigDict(
     dict(
-      kind=loss_kind,
-      sizes=(1,) if loss_kind == 'affinity' else (1, 2, 3),
+      kind=kind.name,
+      sizes=kind.default_sizes,
       margin=3.0,
       lambda_edge=1.0,
       lambda_nonedge=1.0,
       decay=True,
     )
-  )  # decay: scale the affinity term by 10 ** (-step / num_train_steps)
+  )
+
+  # The network: aaf_jax.presets names every option; `pretrained` is an imported ImageNet
+  # backbone file (python -m aaf_jax.weights), `aux_weight` the aux head's loss weight.
+  c.model = ml_collections.ConfigDict(presets.preset(model_preset))
+
+  c.data = ml_collections.ConfigDict(
+    dict(
+      name='synthetic',
+      data_dir='~/tensorflow_datasets',  # TFDS folder: prepared data is written and read here
+      manual_dir='',  # the extracted official archives (real datasets)
+      train_split='train',
+      eval_split='validation',
+      crop_size=64,
+      min_scale=0.5,  # random scaling of training images, then mirror and crop
+      max_scale=2.0,
+      mirror=True,
+      mean=(122.675, 116.669, 104.008),  # RGB, subtracted from every image
+      eval_size=(72, 72),  # evaluation images are padded to this (height, width)
+      prefetch=2,  # batches prepared ahead
+      num_threads=0,  # tf.data's CPU threads; 0 = tf.data decides
+      skip_bad_examples=False,  # building real datasets: log and skip damaged examples
+      # Options of the synthetic dataset (aaf_jax/data/synthetic.py), read when name='synthetic'.
+      synthetic=ml_collections.ConfigDict(
+        dict(
+          image_size=112,
+          num_train=2000,
+          num_validation=200,
+          seed=0,
+          max_objects=6,
+          noise_std=12.0,
+          void_prob=0.5,
+        )
+      ),
+    )
+  )
 
   # Inference (evaluate.py): window 0 = the whole image at once, else sliding windows of
   # `window` px at most `stride` apart; class probabilities summed over `scales` and, with
@@ -89,14 +128,17 @@ def base_config(loss_kind: str = 'aaf') -> ml_collections.ConfigDict:
 def paper_config(args) -> ml_collections.ConfigDict:
   """The authors' PSPNet-ResNet-101 recipe shared by the VOC and Cityscapes configs.
 
-  `args` carries loss, steps, batch and dtype (see configs/voc.py, configs/cityscapes.py).
+  `args` carries loss, steps, batch, dtype and data_dir (see configs/voc.py,
+  configs/cityscapes.py).
   """
-  config = base_config(args.loss)
+  config = base_config(args.loss, 'pspnet_resnet101')
   config.num_train_steps = args.steps
   config.batch_size = args.batch
   config.compute_dtype = args.dtype
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2000
-  config.model = get_preset('pspnet_resnet101')
   config.model.aux_weight = 0.0  # the authors' PSPNet has no auxiliary head
+  config.data.data_dir = args.data_dir
+  config.data.prefetch = 4
+  config.data.min_scale, config.data.max_scale = 0.5, 2.0
   return config

@@ -8,15 +8,12 @@
     python launch.py --config=configs/synthetic.py --config.num_train_steps=100 --workdir=DIR
 """
 
-import ml_collections
-
-from aaf_jax.models import get_preset
 from configs import common
 
 
 def get_config(arg=None):
   args = common.parse_arg(arg, loss='aaf', steps=2500, batch=8, data_dir='~/tensorflow_datasets')
-  config = common.base_config(args.loss)
+  config = common.base_config(args.loss, 'pspnet_tiny')
   config.seed = 0
   config.num_train_steps = args.steps
   config.batch_size = args.batch
@@ -27,28 +24,18 @@ def get_config(arg=None):
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 2
 
-  config.model = get_preset('pspnet_tiny')
   config.model.aux_weight = 0.0
   config.model.head_width = 64
 
-  config.data = ml_collections.ConfigDict(
-    dict(
-      name='synthetic',
-      data_dir=args.data_dir,
-      manual_dir=None,
-      train_split='train',
-      eval_split='validation',
-      crop_size=64,
-      min_scale=0.75,
-      max_scale=1.25,
-      mirror=True,
-      mean=(122.675, 116.669, 104.008),
-      eval_size=(72, 72),
-      prefetch=2,
-      synthetic=ml_collections.ConfigDict(
-        dict(image_size=72, num_train=2000, num_validation=200, seed=0)
-      ),
-    )
-  )
+  config.data.name = 'synthetic'
+  config.data.data_dir = args.data_dir
+  config.data.train_split, config.data.eval_split = 'train', 'validation'
+  config.data.crop_size = 64
+  config.data.min_scale, config.data.max_scale = 0.75, 1.25
+  config.data.eval_size = (72, 72)
+  config.data.synthetic.image_size = 72
+  config.data.synthetic.num_train = 2000
+  config.data.synthetic.num_validation = 200
+  config.data.synthetic.seed = 0
   config.lock()
   return config

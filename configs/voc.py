@@ -12,8 +12,6 @@ The loss is `ce`, `affinity` or `aaf` (default). `pretrained` is the backbone fi
 `python -m aaf_jax.weights` (stage 1; a missing file is an error at start-up).
 """
 
-import ml_collections
-
 from configs import common
 
 
@@ -49,22 +47,10 @@ def get_config(arg=None):
       raise ValueError('configs/voc.py:stage2 needs init=STAGE1_WORKDIR (the stage-1 run).')
     config.init_checkpoint = args.init
 
-  config.data = ml_collections.ConfigDict(
-    dict(
-      name='voc',
-      data_dir=args.data_dir,
-      manual_dir='',
-      train_split='train_aug' if args.stage1 else 'train',
-      eval_split='val',
-      crop_size=336,
-      min_scale=0.5,
-      max_scale=2.0,
-      mirror=True,
-      mean=(122.675, 116.669, 104.008),
-      eval_size=(512, 512),
-      prefetch=4,
-      skip_bad_examples=False,
-    )
-  )
+  config.data.name = 'voc'
+  config.data.train_split = 'train_aug' if args.stage1 else 'train'
+  config.data.eval_split = 'val'
+  config.data.crop_size = 336
+  config.data.eval_size = (512, 512)
   config.lock()
   return config

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tiny import tiny_config
 
-from aaf_jax import models, optim, step, train
+from aaf_jax import checkpoint, models, optim, run_record, step, train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,10 +57,20 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
     for row in weights['edge'].values():
       np.testing.assert_allclose(sum(row), 1.0, rtol=1e-5)
     assert (tmp_path / 'field_sizes.png').stat().st_size > 0
-    # --mode=eval on the same workdir reproduces the final evaluation.
+    # --mode=eval on the same workdir reproduces the final evaluation, into a file.
     again = train.evaluate_checkpoint(tiny_config(data_dir, loss), str(tmp_path))
-    assert {k: again[k] for k in ('miou', 'pixel_acc', 'per_class_iou', 'step')} == {
-      k: saved[k] for k in ('miou', 'pixel_acc', 'per_class_iou', 'step')
+    written = json.loads((tmp_path / 'eval-synthetic-validation.json').read_text())
+    assert written == json.loads(json.dumps(again))
+    keys = ('miou', 'pixel_acc', 'per_class_iou', 'step', 'fingerprint')
+    assert {k: written[k] for k in keys} == {k: saved[k] for k in keys}
+    assert written['inference'] == {
+      'dataset': 'synthetic',
+      'split': 'validation',
+      'eval_size': [32, 32],
+      'window': 0,
+      'stride': 0,
+      'scales': [1.0],
+      'flip': False,
     }
   else:
     assert 'field_size_weights' not in saved
@@ -120,7 +130,7 @@ def test_gradient_accumulation_matches_one_big_batch(data_dir):
   [
     ({'loss.kind': 'crf'}, r"config.loss.kind='crf' is unknown"),
     ({'batch_size': 0}, r'config.batch_size=0'),
-    ({'data.crop_size': 2}, r'crop 2x2.*too small'),
+    ({'data.crop_size': 2}, r'config.data.crop_size=2: too small'),
     ({'compute_dtype': 'float16'}, r"config.compute_dtype='float16'"),
   ],
 )
@@ -130,17 +140,48 @@ def test_bad_config_fails_before_the_first_step(data_dir, tmp_path, override, ma
   assert not (tmp_path / 'checkpoints').exists() or not os.listdir(tmp_path / 'checkpoints')
 
 
-def test_workdir_of_a_different_model_is_refused(data_dir, tmp_path):
+def test_workdir_of_a_different_config_is_refused_listing_every_field(data_dir, tmp_path):
   train.train_and_evaluate(tiny_config(data_dir, num_train_steps=2), str(tmp_path))
-  with pytest.raises(
-    ValueError,
-    match=r'different model.*config.model.head_width: '
-    r'checkpoint 8, config 16',
+  results = (tmp_path / 'results.json').read_text()
+  changed = tiny_config(
+    data_dir,
+    num_train_steps=2,
+    **{'model.head_width': 16, 'loss.margin': 2.0, 'optimizer.learning_rate': 0.05},
+  )
+  with pytest.raises(checkpoint.ConfigMismatchError, match=r'Differences \(3\)') as err:
+    train.train_and_evaluate(changed, str(tmp_path))
+  for difference in (
+    'config.loss.margin: checkpoint 3.0, config 2.0',
+    'config.model.head_width: checkpoint 8, config 16',
+    'config.optimizer.learning_rate: checkpoint 0.1, config 0.05',
   ):
-    train.train_and_evaluate(
-      tiny_config(data_dir, num_train_steps=4, **{'model.head_width': 16}), str(tmp_path)
-    )
+    assert difference in str(err.value)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
+  assert (tmp_path / 'results.json').read_text() == results
+  # --mode=eval compares only the network's fields: a different margin is fine there.
+  with pytest.raises(checkpoint.ConfigMismatchError, match=r'Differences \(1\): config.model.hea'):
+    train.evaluate_checkpoint(changed, str(tmp_path))
+
+
+def test_run_record_and_resumable_fields(data_dir, tmp_path):
+  config = tiny_config(data_dir, num_train_steps=2)
+  first = train.train_and_evaluate(config, str(tmp_path))
+  record = json.loads((tmp_path / 'config.json').read_text())
+  assert record['config'] == json.loads(json.dumps(config.to_dict()))
+  assert record['fingerprint'] == first['fingerprint'] == run_record.fingerprint(config)
+  # Logging and checkpoint cadence may change on resume; the fingerprint does not.
+  cadence = tiny_config(data_dir, num_train_steps=2, log_every_steps=1, checkpoint_every_steps=1)
+  again = train.train_and_evaluate(cadence, str(tmp_path))
+  assert again == first
+  assert json.loads((tmp_path / 'config.json').read_text())['config']['log_every_steps'] == 1
+  starts = json.loads((tmp_path / 'environment.json').read_text())['starts']
+  assert [s['start_step'] for s in starts] == [0, 2]
+  assert starts[0]['device_count'] == jax.device_count() and starts[0]['process_count'] == 1
+  assert starts[0]['packages']['jax'] == jax.__version__
+  assert 'git_commit' in starts[0]
+  assert (
+    run_record.fingerprint(tiny_config(data_dir, **{'loss.margin': 2.0})) != first['fingerprint']
+  )
 
 
 def test_non_finite_loss_stops_without_checkpointing_it(data_dir, tmp_path):

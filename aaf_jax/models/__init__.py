@@ -13,6 +13,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from aaf_jax.models import deeplab, pspnet
+from aaf_jax.presets import PRESETS as PRESETS  # re-exported: the registry's presets
+from aaf_jax.presets import TRAINER_FIELDS, network_defaults, preset
 
 _REGISTRY = {
   'pspnet': pspnet.PSPNet,
@@ -20,43 +22,7 @@ _REGISTRY = {
   'deeplabv3': deeplab.DeepLabV3,
 }
 
-# Read by the trainer, not by the network: a backbone checkpoint to import
-# (`aaf_jax.weights.load_backbone`) and the loss weight of 'aux_logits'.
-TRAINER_FIELDS = ('pretrained', 'aux_weight')
-
 _NOT_OPTIONS = ('num_classes', 'dtype', 'parent', 'name')
-
-# Ready-made `config.model` contents.
-PRESETS = {
-  # Trains in minutes on a 2-core CPU on 96-128 px synthetic images: ResNet-10 with widths
-  # 16..128, no stem max-pool, output stride 4 so thin structures survive.
-  'pspnet_tiny': dict(
-    name='pspnet',
-    backbone='resnet10',
-    layout='torchvision',
-    output_stride=4,
-    base_width=16,
-    stem_width=16,
-    stem_pool=False,
-    head_width=32,
-    bins=(1, 2, 3, 6),
-  ),
-  # The paper's network: PSPNet on a slim-layout ResNet-101 at output stride 8.
-  'pspnet_resnet101': dict(
-    name='pspnet',
-    backbone='resnet101',
-    layout='slim',
-    output_stride=8,
-    head_width=512,
-    bn_momentum=0.997,
-  ),
-  'deeplabv2_resnet101': dict(
-    name='deeplabv2', backbone='resnet101', layout='slim', output_stride=8, bn_momentum=0.997
-  ),
-  'deeplabv3_resnet101': dict(
-    name='deeplabv3', backbone='resnet101', layout='slim', output_stride=16, bn_momentum=0.997
-  ),
-}
 
 
 def _network_class(name):
@@ -116,18 +82,16 @@ def check_input_size(model_cfg, height: int, width: int) -> None:
 
 def default_config(name: str) -> ml_collections.ConfigDict:
   """Every option of network `name` with its default, plus the trainer fields."""
+  _network_class(name)
+  return ml_collections.ConfigDict(network_defaults(name))
+
+
+def option_defaults(name: str) -> dict:
+  """The options network `name`'s class declares, with their defaults (from the class itself)."""
   cls = _network_class(name)
-  fields = {f.name: f.default for f in dataclasses.fields(cls) if f.name not in _NOT_OPTIONS}
-  return ml_collections.ConfigDict(
-    dict(name=name, **fields, pretrained='', aux_weight=0.4 if name == 'pspnet' else 0.0)
-  )
+  return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in _NOT_OPTIONS}
 
 
-def get_preset(preset: str) -> ml_collections.ConfigDict:
-  """`default_config` of the preset's network with the preset's values filled in."""
-  if preset not in PRESETS:
-    raise ValueError(f'model preset {preset!r} is unknown; expected one of {sorted(PRESETS)}.')
-  values = PRESETS[preset]
-  cfg = default_config(values['name'])
-  cfg.update(values)
-  return cfg
+def get_preset(name: str) -> ml_collections.ConfigDict:
+  """A ready-made `config.model`: `aaf_jax.presets.PRESETS[name]` over the network's defaults."""
+  return ml_collections.ConfigDict(preset(name))

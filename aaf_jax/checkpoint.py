@@ -1,0 +1,244 @@
+"""Checkpoints: the resume order, the init checkpoint, the donation-safe save, the config check.
+
+Resume order (`restore_or_init`): the workdir's latest checkpoint (state and data position,
+so the run continues exactly as if never stopped), else `config.init_checkpoint` (network
+weights and BatchNorm statistics only; the AAF tables, step, optimizer state and loss decay
+start afresh, as stage 2 of the VOC recipe does), else the ImageNet backbone named by
+`config.model.pretrained`, else from scratch.
+
+Each `checkpoints/STEP/` holds `state` (the TrainState), `data` (the input iterator's state)
+and `meta` ({'config': the flat config, 'fingerprint', 'num_classes'}; see run_record.py).
+"""
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from absl import logging
+
+from aaf_jax import errors, presets, run_record
+
+
+class ConfigMismatchError(errors.UserError):
+  """A checkpoint made with a config the current run may not continue from."""
+
+
+def _abstract(tree, shardings):
+  """ShapeDtypeStructs of `tree` (arrays or abstract values) placed by `shardings`."""
+  return jax.tree.map(
+    lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
+  )
+
+
+def network_part(state):
+  """What a network needs from a TrainState: model parameters and BatchNorm statistics."""
+  return {'params': {'model': state.params['model']}, 'batch_stats': state.batch_stats}
+
+
+def _with_network(state, network):
+  return state.replace(
+    params={**state.params, 'model': network['params']['model']},
+    batch_stats=network['batch_stats'],
+  )
+
+
+class Checkpointer:
+  """The checkpoints of one workdir (`WORKDIR/checkpoints`), keeping the last `keep`."""
+
+  def __init__(self, workdir: str, keep: int = 1, create: bool = True):
+    self.directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+    options = ocp.CheckpointManagerOptions(
+      preservation_policy=ocp.checkpoint_managers.LatestN(keep), create=create
+    )
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+    self._snapshot = None  # the state being written, kept alive until its async save ends
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def meta(self, step: int) -> dict:
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+  def restore_step(self, step: int, target, *, network_only: bool = False) -> dict:
+    """{'state', 'data'} of checkpoint `step`, shaped and placed like `target`.
+
+    `target`: a TrainState of ShapeDtypeStructs with shardings. `network_only`: restore just
+    the network (model parameters, BatchNorm statistics) onto `network_part(target)`, for
+    evaluation or an init checkpoint; 'data' is then None.
+    """
+    item = network_part(target) if network_only else target
+    restore = ocp.args.PyTreeRestore(
+      item=item,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=network_only,
+    )
+    if network_only:
+      restored = self._manager.restore(step, args=ocp.args.Composite(state=restore))
+      return {'state': restored['state'], 'data': None}
+    restored = self._manager.restore(
+      step, args=ocp.args.Composite(state=restore, data=ocp.args.JsonRestore())
+    )
+    return {'state': restored['state'], 'data': restored['data']}
+
+  def save(self, step: int, state, data_state: dict, meta: dict) -> None:
+    """Start an asynchronous save of `state` (and the data position and meta) at `step`.
+
+    A copy is saved: the next train step donates `state`, and on CPU an async save may still be
+    reading the very buffers the donation hands back to XLA. The copy outlives the save.
+    """
+    self._manager.wait_until_finished()
+    self._snapshot = jax.tree.map(lambda x: x.copy(), state)
+    self._manager.save(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.StandardSave(self._snapshot),
+        data=ocp.args.JsonSave(data_state),
+        meta=ocp.args.JsonSave(meta),
+      ),
+    )
+
+  def close(self) -> None:
+    """Finish writing the last save (never leave half a checkpoint), then release."""
+    self._manager.wait_until_finished()
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def checkpoint_meta(config, num_classes: int) -> dict:
+  return {
+    'config': run_record.flatten(config),
+    'fingerprint': run_record.fingerprint(config),
+    'num_classes': num_classes,
+  }
+
+
+def network_fields(flat_config: dict) -> list[str]:
+  """The fields that define the network's parameters: config.model's, less the trainer's."""
+  return [
+    k
+    for k in flat_config
+    if k.startswith('model.') and k.split('.', 1)[1] not in presets.TRAINER_FIELDS
+  ]
+
+
+def check_meta(meta: dict, config, num_classes: int, where: str, network_only=False) -> None:
+  """ConfigMismatchError listing every field where a checkpoint's config and `config` differ.
+
+  Resuming compares every field but the resumable ones (run_record.RESUMABLE_FIELDS);
+  `network_only` (evaluation, an init checkpoint) compares the network's fields alone.
+  """
+  if 'config' not in meta:
+    raise ConfigMismatchError(
+      f'{where} holds a checkpoint written before runs recorded their config, so it cannot be '
+      'checked against this one; use another workdir.'
+    )
+  current = run_record.flatten(config)
+  fields = network_fields({**meta['config'], **current}) if network_only else None
+  differences = run_record.differences(meta['config'], current, fields)
+  if meta.get('num_classes') != num_classes:
+    differences.append(f'num_classes: checkpoint {meta.get("num_classes")}, config {num_classes}')
+  if differences:
+    raise ConfigMismatchError(
+      f'{where} holds a checkpoint made with a different config; use another workdir or the '
+      f'matching config. Differences ({len(differences)}): ' + '; '.join(differences)
+    )
+
+
+def restore_or_init(checkpointer, config, init, state_sharding, rng, num_classes):
+  """(state, data iterator state or None), following the resume order of the module docstring."""
+  abstract = _abstract(jax.eval_shape(init, rng), state_sharding)
+  step = checkpointer.latest_step()
+  if step is not None:
+    check_meta(checkpointer.meta(step), config, num_classes, f'workdir {checkpointer.directory}')
+    restored = checkpointer.restore_step(step, abstract)
+    logging.info('Resumed from %s at step %d.', checkpointer.directory, step)
+    return restored['state'], restored['data']
+  state = jax.jit(init, out_shardings=state_sharding)(rng)
+  if config.init_checkpoint:
+    return load_init_checkpoint(config, state, state_sharding, num_classes), None
+  if config.model.pretrained:
+    return load_pretrained(config, state, state_sharding), None
+  return state, None
+
+
+def _checkpoint_dir(path: str) -> str:
+  """A run's workdir or its checkpoints/ folder -> the workdir (what Checkpointer takes)."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return path
+  if os.path.basename(path) == 'checkpoints' and os.path.isdir(path):
+    return os.path.dirname(path)
+  raise errors.MissingFileError(
+    f'config.init_checkpoint={path!r}: no checkpoints/ folder there (expected a workdir).'
+  )
+
+
+def load_init_checkpoint(config, state, state_sharding, num_classes: int):
+  """`state` with the network weights and BN statistics of `config.init_checkpoint`'s run."""
+  path = config.init_checkpoint
+  with Checkpointer(_checkpoint_dir(path), create=False) as source:
+    step = source.latest_step()
+    if step is None:
+      raise errors.MissingFileError(
+        f'config.init_checkpoint={path!r}: no checkpoint in {source.directory}.'
+      )
+    # A CE run may initialise an AAF run: only the network must match.
+    check_meta(
+      source.meta(step),
+      config,
+      num_classes,
+      f'config.init_checkpoint={path!r}',
+      network_only=True,
+    )
+    network = source.restore_step(step, _abstract(state, state_sharding), network_only=True)[
+      'state'
+    ]
+  logging.info('Initialised the network from %s (step %d).', source.directory, step)
+  return _with_network(state, network)
+
+
+def load_pretrained(config, state, state_sharding):
+  """`state` with the ImageNet backbone of `config.model.pretrained` (aaf_jax.weights)."""
+  from aaf_jax import weights  # only runs that import weights need its dependencies
+
+  variables = weights.load_backbone(
+    os.path.expanduser(config.model.pretrained),
+    {'params': state.params['model'], 'batch_stats': state.batch_stats},
+    layout=config.model.layout,
+  )
+  network = {'params': {'model': variables['params']}, 'batch_stats': variables['batch_stats']}
+  return jax.device_put(_with_network(state, network), state_sharding)
+
+
+def restore_network(workdir: str, config, init, state_sharding, rng, num_classes: int):
+  """(the latest checkpoint's network as `network_part` of a state, its step): `--mode=eval`.
+
+  Only the network's fields must match: another dataset with the same classes is fine (that is
+  how GTA5 tests a Cityscapes model), and so are another loss or optimizer.
+  """
+  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    raise errors.MissingFileError(f'--mode=eval: no checkpoints/ folder in workdir {workdir}.')
+  with Checkpointer(workdir, create=False) as checkpointer:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise errors.MissingFileError(f'--mode=eval: no checkpoint in {checkpointer.directory}.')
+    check_meta(
+      checkpointer.meta(step),
+      config,
+      num_classes,
+      f'workdir {checkpointer.directory}',
+      network_only=True,
+    )
+    abstract = _abstract(jax.eval_shape(init, rng), state_sharding)
+    network = checkpointer.restore_step(step, abstract, network_only=True)['state']
+  return network, step
+
+
+def network_shardings(state_sharding) -> dict:
+  """The shardings of the network's variables ({'params', 'batch_stats'}) in a state."""
+  return {'params': state_sharding.params['model'], 'batch_stats': state_sharding.batch_stats}

@@ -1,0 +1,93 @@
+"""The networks' options and ready-made model configs as plain data (no jax, flax or optax).
+
+Config files build `config.model` from here, so loading a config stays cheap; the registry in
+`aaf_jax.models` builds the networks from the same names (a test keeps the defaults below equal
+to the network classes' own).
+"""
+
+import copy
+
+BACKBONES = ('resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
+LAYOUTS = ('torchvision', 'slim')
+STEMS = ('standard', 'deep')
+
+# Options every registered network takes (the backbone and the auxiliary head), with defaults.
+_SEGMENTER_OPTIONS = dict(
+  backbone='resnet101',
+  layout='slim',
+  output_stride=8,
+  base_width=64,
+  stem_width=64,
+  stem='standard',
+  stem_pool=True,
+  bn_momentum=0.9,
+  bn_epsilon=1e-5,
+  freeze_bn=False,
+  dropout=0.0,
+  aux_head=False,
+  aux_width=256,
+)
+
+# Every option of each network `config.model.name` names, with its default.
+NETWORK_OPTIONS = {
+  'pspnet': dict(_SEGMENTER_OPTIONS, head_width=512, bins=(1, 2, 3, 6)),
+  'deeplabv2': dict(_SEGMENTER_OPTIONS, aspp_rates=(6, 12, 18, 24)),
+  'deeplabv3': dict(_SEGMENTER_OPTIONS, head_width=256, aspp_rates=()),
+}
+
+# Read by the trainer, not by the network: a backbone checkpoint to import
+# (`aaf_jax.weights.load_backbone`) and the loss weight of 'aux_logits'.
+TRAINER_FIELDS = ('pretrained', 'aux_weight')
+
+# Ready-made `config.model` contents (the values that differ from the network's defaults).
+PRESETS = {
+  # Trains in minutes on a 2-core CPU on 96-128 px synthetic images: ResNet-10 with widths
+  # 16..128, no stem max-pool, output stride 4 so thin structures survive.
+  'pspnet_tiny': dict(
+    name='pspnet',
+    backbone='resnet10',
+    layout='torchvision',
+    output_stride=4,
+    base_width=16,
+    stem_width=16,
+    stem_pool=False,
+    head_width=32,
+    bins=(1, 2, 3, 6),
+  ),
+  # The paper's network: PSPNet on a slim-layout ResNet-101 at output stride 8.
+  'pspnet_resnet101': dict(
+    name='pspnet',
+    backbone='resnet101',
+    layout='slim',
+    output_stride=8,
+    head_width=512,
+    bn_momentum=0.997,
+  ),
+  'deeplabv2_resnet101': dict(
+    name='deeplabv2', backbone='resnet101', layout='slim', output_stride=8, bn_momentum=0.997
+  ),
+  'deeplabv3_resnet101': dict(
+    name='deeplabv3', backbone='resnet101', layout='slim', output_stride=16, bn_momentum=0.997
+  ),
+}
+
+
+def network_defaults(name: str) -> dict:
+  """Every option of network `name` with its default, plus the trainer fields."""
+  if name not in NETWORK_OPTIONS:
+    raise ValueError(
+      f'config.model.name={name!r} is unknown; expected one of {sorted(NETWORK_OPTIONS)}.'
+    )
+  return dict(
+    name=name,
+    **copy.deepcopy(NETWORK_OPTIONS[name]),
+    pretrained='',
+    aux_weight=0.4 if name == 'pspnet' else 0.0,
+  )
+
+
+def preset(name: str) -> dict:
+  """`network_defaults` of the preset's network with the preset's values filled in."""
+  if name not in PRESETS:
+    raise ValueError(f'model preset {name!r} is unknown; expected one of {sorted(PRESETS)}.')
+  return {**network_defaults(PRESETS[name]['name']), **PRESETS[name]}
