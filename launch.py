@@ -1,7 +1,9 @@
-"""Entry point: parse flags, then train and evaluate, or evaluate the latest checkpoint.
+"""Entry point: parse flags, then train, evaluate the latest checkpoint, or run a sweep.
 
 python launch.py --config=configs/synthetic.py --workdir=/tmp/aaf
 python launch.py --config=configs/synthetic.py --workdir=/tmp/aaf --mode=eval
+python launch.py --config=configs/synthetic.py --workdir=/tmp/sweep --mode=sweep \
+    --sweep='loss.margin=[1.0,2.0,3.0]' --seeds=3
 
 A mistake in the flags, the config or the files it names (`aaf_jax.errors.UserError`) ends the
 run with one line on stderr and exit status 2; `--verbose` or AAF_VERBOSE=1 adds the traceback.
@@ -16,7 +18,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from aaf_jax import errors, validation
+from aaf_jax import errors, sweep, validation
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow serves only the input pipeline
 
@@ -27,9 +29,20 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs
 _MODE = flags.DEFINE_enum(
   'mode',
   'train',
-  ['train', 'eval'],
+  ['train', 'eval', 'sweep'],
   'train: train then evaluate; eval: evaluate the latest checkpoint into '
-  'WORKDIR/eval-DATASET-SPLIT.json.',
+  'WORKDIR/eval-DATASET-SPLIT.json; sweep: train every run of a grid (see aaf_jax/sweep.py).',
+)
+_SWEEP = flags.DEFINE_multi_string(
+  'sweep',
+  [],
+  "--mode=sweep: FIELD=LIST, e.g. 'loss.margin=[1.0,2.0]'; repeat for a grid. Default: the "
+  "config file's get_sweep(arg).",
+)
+_SEEDS = flags.DEFINE_integer('seeds', 1, '--mode=sweep: seeds per grid point.')
+_SHARD = flags.DEFINE_string('shard', '0/1', '--mode=sweep: I/N runs runs I, I+N, I+2N, ...')
+_SUMMARIZE = flags.DEFINE_bool(
+  'summarize', False, '--mode=sweep: only write the summary of the runs so far.'
 )
 flags.DEFINE_bool('verbose', False, 'Print the traceback of a user error (also AAF_VERBOSE=1).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -113,12 +126,34 @@ def _parse_flags(argv: list[str]) -> list[str]:
   return remaining
 
 
+def _run_sweep(config, workdir) -> None:
+  """--mode=sweep: every argument checked (each run's config validated), then the runs."""
+  shard = sweep.parse_shard(_SHARD.value)
+  arguments = _SWEEP.value
+  if not arguments:
+    spec = config_flags.get_config_filename(flags.FLAGS['config'])
+    arguments = sweep.default_sweep(spec)
+    if arguments is None:
+      raise errors.UserError(
+        f'--mode=sweep needs --sweep=FIELD=LIST, or a config file that names its default sweep '
+        f'with get_sweep(arg); {spec!r} has none.'
+      )
+  runs = sweep.plan(config, workdir, arguments, _SEEDS.value)
+  if _SUMMARIZE.value:
+    sweep.write_summary(runs, workdir)
+  else:
+    sweep.run_sweep(runs, workdir, shard)
+
+
 def main(argv):
   del argv  # checked by _parse_flags
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
     logging.info('Config:\n%s', _CONFIG.value)
     validation.validate(_CONFIG.value)  # before anything is imported or built
+    if _MODE.value == 'sweep':
+      _run_sweep(_CONFIG.value, _WORKDIR.value)
+      return
     from aaf_jax import train  # after flag parsing: --help stays fast
 
     if _MODE.value == 'train':

@@ -39,3 +39,9 @@ def get_config(arg=None):
   config.data.synthetic.seed = 0
   config.lock()
   return config
+
+
+def get_sweep(arg=None):
+  """`--mode=sweep` without --sweep: the three loss kinds, each at its default sizes."""
+  del arg
+  return {'loss.kind': ['ce', 'affinity', 'aaf']}

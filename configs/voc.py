@@ -54,3 +54,16 @@ def get_config(arg=None):
   config.data.eval_size = (512, 512)
   config.lock()
   return config
+
+
+def get_sweep(arg=None):
+  """The paper's ablations (`--mode=sweep` without --sweep): field sizes and margin.
+
+  For `aaf` the sets of sizes AAF chooses among, for `affinity` the one fixed size; `ce` has no
+  affinity field, so its sweep is over seeds alone.
+  """
+  kind = get_config(arg).loss.kind
+  if kind == 'ce':
+    return {}
+  sizes = [(1,), (2,), (3,)] if kind == 'affinity' else [(1,), (1, 2), (1, 2, 3)]
+  return {'loss.sizes': sizes, 'loss.margin': [1.0, 2.0, 3.0]}
