@@ -5,6 +5,10 @@ python launch.py --config=configs/synthetic.py --workdir=/tmp/aaf --mode=eval
 python launch.py --config=configs/synthetic.py --workdir=/tmp/sweep --mode=sweep \
     --sweep='loss.margin=[1.0,2.0,3.0]' --seeds=3
 
+Several processes (one per host or per GPU) form one job with --coordinator_address,
+--num_processes and --process_id (or JAX_COORDINATOR_ADDRESS), or with --distributed inside a
+Cloud TPU pod, SLURM or Open MPI job; see README "Scaling out".
+
 A mistake in the flags, the config or the files it names (`aaf_jax.errors.UserError`) ends the
 run with one line on stderr and exit status 2; `--verbose` or AAF_VERBOSE=1 adds the traceback.
 """
@@ -43,6 +47,37 @@ _SEEDS = flags.DEFINE_integer('seeds', 1, '--mode=sweep: seeds per grid point.')
 _SHARD = flags.DEFINE_string('shard', '0/1', '--mode=sweep: I/N runs runs I, I+N, I+2N, ...')
 _SUMMARIZE = flags.DEFINE_bool(
   'summarize', False, '--mode=sweep: only write the summary of the runs so far.'
+)
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+  'coordinator_address',
+  None,
+  'host:port of process 0, where the job coordinator listens (multi-process runs; default: '
+  'JAX_COORDINATOR_ADDRESS, or the cluster with --distributed).',
+)
+_COORDINATOR_BIND_ADDRESS = flags.DEFINE_string(
+  'coordinator_bind_address',
+  None,
+  'Address process 0 binds the coordinator to, e.g. 127.0.0.1:PORT to keep it on loopback '
+  '(default: JAX_COORDINATOR_BIND_ADDRESS, else every interface on the coordinator port).',
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+  'num_processes', None, 'Processes in the job (multi-process runs).', lower_bound=1
+)
+_PROCESS_ID = flags.DEFINE_integer(
+  'process_id', None, 'This process: 0 .. num_processes - 1 (multi-process runs).', lower_bound=0
+)
+_DISTRIBUTED = flags.DEFINE_bool(
+  'distributed',
+  False,
+  'Join a multi-process job whose settings JAX detects: Cloud TPU pod, SLURM or Open MPI.',
+)
+_INITIALIZATION_TIMEOUT = flags.DEFINE_integer(
+  'initialization_timeout', 300, 'Seconds to wait for every process to join the job.'
+)
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+  'heartbeat_timeout',
+  60,
+  'Seconds without a heartbeat after which a process counts as dead and every process stops.',
 )
 flags.DEFINE_bool('verbose', False, 'Print the traceback of a user error (also AAF_VERBOSE=1).')
 flags.mark_flags_as_required(['config', 'workdir'])
@@ -145,6 +180,16 @@ def _run_sweep(config, workdir) -> None:
     sweep.run_sweep(runs, workdir, shard)
 
 
+def _job_requested() -> bool:
+  """Whether the flags or JAX's environment ask for a multi-process job."""
+  flags_given = (_COORDINATOR_ADDRESS, _NUM_PROCESSES, _PROCESS_ID, _COORDINATOR_BIND_ADDRESS)
+  return (
+    _DISTRIBUTED.value
+    or any(f.value is not None for f in flags_given)
+    or bool(os.environ.get('JAX_COORDINATOR_ADDRESS'))
+  )
+
+
 def main(argv):
   del argv  # checked by _parse_flags
   logging.get_absl_handler().addFilter(_QuietLibraries())
@@ -152,19 +197,37 @@ def main(argv):
     logging.info('Config:\n%s', _CONFIG.value)
     validation.validate(_CONFIG.value)  # before anything is imported or built
     if _MODE.value == 'sweep':
+      if _job_requested():
+        raise errors.UserError(
+          '--mode=sweep runs in one process: split a sweep over machines with --shard=I/N '
+          'instead of the multi-process flags.'
+        )
       _run_sweep(_CONFIG.value, _WORKDIR.value)
       return
-    from aaf_jax import train  # after flag parsing: --help stays fast
+    from aaf_jax import distributed  # after flag parsing: --help stays fast
 
-    if _MODE.value == 'train':
-      train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    else:
-      train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+    distributed.initialize(
+      coordinator_address=_COORDINATOR_ADDRESS.value,
+      num_processes=_NUM_PROCESSES.value,
+      process_id=_PROCESS_ID.value,
+      coordinator_bind_address=_COORDINATOR_BIND_ADDRESS.value,
+      auto_detect=_DISTRIBUTED.value,
+      initialization_timeout=_INITIALIZATION_TIMEOUT.value,
+      heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
+    )
+    with distributed.stop_all_on_failure():
+      from aaf_jax import train
+
+      if _MODE.value == 'train':
+        train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+      else:
+        train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
   except errors.UserError as e:
     _exit_on_user_error(str(e), sys.argv)
   except Exception:  # a bug: its traceback, then the same prompt exit
     traceback.print_exc()
     _leave(1)
+  distributed.shutdown()
 
 
 if __name__ == '__main__':

@@ -15,6 +15,7 @@ import tempfile
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 
 from aaf_jax import sharding
 
@@ -207,18 +208,32 @@ def run_evaluation(eval_step, variables, batches, mesh, num_classes: int, num_ke
   confusion = np.zeros((num_classes, num_classes), np.int64)
   kept, previous = [], None
   for local in batches:
-    batch_confusion, preds = eval_step(variables, sharding.global_batch(local, mesh))
+    batch = sharding.global_batch(local, mesh)
+    batch_confusion, preds = eval_step(variables, batch)
     if previous is not None:
       confusion += np.asarray(jax.device_get(previous), np.int64)
     previous = batch_confusion
     if len(kept) < num_keep:
-      shards = sorted(preds.addressable_shards, key=lambda s: s.index[0].start or 0)
-      local_preds = np.concatenate([np.asarray(s.data) for s in shards])
-      for i in np.flatnonzero(local['valid'])[: num_keep - len(kept)]:
-        kept.append((local['image'][i], local['label'][i], local_preds[i]))
+      kept.extend(_first_examples(batch, preds, num_keep - len(kept)))
   if previous is not None:
     confusion += np.asarray(jax.device_get(previous), np.int64)
   return confusion, kept
+
+
+def _first_examples(batch: dict, preds, count: int) -> list:
+  """(image, label, prediction) of the first `count` real examples of a global batch.
+
+  Every process gets the same examples, whichever process read them: the batch is gathered
+  from all processes (a collective, reached by every process in the same loop iteration).
+  """
+  gathered = multihost_utils.process_allgather(
+    {'image': batch['image'], 'label': batch['label'], 'valid': batch['valid'], 'pred': preds},
+    tiled=True,
+  )
+  return [
+    (gathered['image'][i], gathered['label'][i], gathered['pred'][i])
+    for i in np.flatnonzero(gathered['valid'])[:count]
+  ]
 
 
 def format_table(results: dict) -> str:

@@ -16,6 +16,7 @@ from clu import metric_writers, periodic_actions
 
 from aaf_jax import (
   checkpoint,
+  distributed,
   errors,
   evaluate,
   loss_kinds,
@@ -61,7 +62,10 @@ def setup(config) -> Setup:
       f'({per_device}).'
     )
   models.check_input_size(config.model, config.data.crop_size, config.data.crop_size)
-  info = pipeline.dataset_info(config.data)
+  info = distributed.first_on_process_0(
+    lambda first: pipeline.dataset_info(config.data, prepare=first),
+    f'Preparing dataset {config.data.name!r} if it is not yet in {config.data.data_dir}',
+  )
   model = models.build_model(
     config.model, num_classes=info.num_classes, dtype=COMPUTE_DTYPES[config.compute_dtype]
   )
@@ -108,6 +112,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   run = setup(config)
   num_classes = run.info.num_classes
   rng = jax.random.key(config.seed)
+  os.makedirs(workdir, exist_ok=True)
+  distributed.check_shared_workdir(workdir)
   checkpointer = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   try:
     state, data_state = checkpoint.restore_or_init(
@@ -197,6 +203,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   """
   run = setup(config)
   rng = jax.random.key(config.seed)
+  if os.path.isdir(workdir):
+    distributed.check_shared_workdir(workdir)
   network, step = checkpoint.restore_network(
     workdir, config, run.init, run.state_sharding, rng, run.info.num_classes
   )

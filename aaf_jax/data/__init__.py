@@ -11,6 +11,7 @@ import os
 import tensorflow_datasets as tfds
 
 import aaf_jax.tf_cpu  # noqa: F401  (TensorFlow off the GPUs before tfds starts it)
+from aaf_jax import errors
 
 _BUILDERS = {
   'synthetic': 'aaf_jax.data.synthetic:SyntheticShapes',
@@ -48,8 +49,11 @@ def builder_class(name: str) -> type:
   return getattr(module, class_name)
 
 
-def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
+def get_builder(data_cfg, prepare: bool = True) -> tfds.core.DatasetBuilder:
   """Constructs the builder named by `data_cfg.name` and prepares its data if not yet there.
+
+  `prepare=False`: data that is not there is an error (in a multi-process job only process 0
+  prepares, and the others must find its data).
 
   Prepared data in `data_cfg.data_dir` is reused. A leading `~` in data_dir or manual_dir means
   the user's home (unexpanded, TFDS would create a literal `./~` folder). A builder class may
@@ -66,6 +70,13 @@ def get_builder(data_cfg) -> tfds.core.DatasetBuilder:
   data_dir = os.path.expanduser(os.fspath(data_dir))
   kwargs = cls.builder_kwargs(data_cfg) if hasattr(cls, 'builder_kwargs') else {}
   builder = cls(data_dir=data_dir, file_format=FILE_FORMAT, **kwargs)
+  if not builder.is_prepared() and not prepare:
+    raise errors.MissingFileError(
+      f'Dataset {data_cfg.name!r} is not prepared in {data_dir} as this process sees it, and '
+      'only process 0 of a multi-process job prepares data: put config.data.data_dir on a '
+      'filesystem every process sees, or prepare the data on every machine before launch '
+      '(python -m aaf_jax.data.build).'
+    )
   if not builder.is_prepared():
     manual_dir = data_cfg.get('manual_dir')
     if cls.MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:

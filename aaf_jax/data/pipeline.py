@@ -46,14 +46,14 @@ class DatasetInfo:
   num_eval: int
 
 
-def dataset_info(data_cfg) -> DatasetInfo:
-  """Class names and split sizes of `data_cfg.name` (prepares the data if needed).
+def dataset_info(data_cfg, prepare: bool = True) -> DatasetInfo:
+  """Class names and split sizes of `data_cfg.name` (prepares the data if needed and asked).
 
   Also checks the prepared files: both splits' shards must be there with the record counts
   of the metadata, and the evaluation split is read through once, so a damaged file stops
   the run now rather than after training.
   """
-  builder = _prepared_builder(data_cfg)
+  builder = _prepared_builder(data_cfg, prepare)
   class_names = tuple(builder.CLASS_NAMES)
   info = DatasetInfo(
     num_classes=len(class_names),
@@ -72,10 +72,10 @@ def _data_dir(data_cfg) -> str:
   return os.path.expanduser(os.fspath(data_cfg.get('data_dir') or ''))
 
 
-def _prepared_builder(data_cfg):
+def _prepared_builder(data_cfg, prepare: bool = True):
   """The dataset's builder, its data prepared; damaged metadata is named, not just parsed."""
   try:
-    builder = data_lib.get_builder(data_cfg)
+    builder = data_lib.get_builder(data_cfg, prepare=prepare)
   except (json_format.ParseError, AssertionError) as e:  # TFDS asserts the version matches
     root = os.path.join(_data_dir(data_cfg), data_lib.builder_class(data_cfg.name).name)
     path = integrity.unreadable_metadata(root)

@@ -1,0 +1,127 @@
+"""One process of a loopback job that exercises aaf_jax.distributed without training.
+
+python tests/loopback_probe.py STEP [STEP ...] --workdir=DIR --data_dir=DIR + launch.py's job
+flags. Steps, in order: `workdir` (the shared-workdir check; '{process}' in --workdir gives each
+process its own folder), `eval` (evaluation gathered across processes against a one-process
+reference), `fail` (process 1 raises), `idle` (wait to be killed). Prints one line per step
+passed; a user error prints 'error: ...' and exits with status 2, as launch.py does.
+"""
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from tiny import tiny_config  # noqa: E402
+
+from aaf_jax import distributed, errors, evaluate, sharding  # noqa: E402
+
+NUM_KEEP = 9  # more than one process's share of the first batch, and into the uneven last one
+
+
+class _PixelRule:
+  """A stand-in network whose prediction is a fixed function of each pixel (exact on any host)."""
+
+  def __init__(self, num_classes):
+    self.num_classes = num_classes
+
+  def apply(self, variables, images, train):
+    del variables, train
+    classes = jnp.floor(images[..., 0]).astype(jnp.int32) % self.num_classes
+    return {'logits': 10.0 * jax.nn.one_hot(classes, self.num_classes)}
+
+
+def _reference(data_cfg, num_classes):
+  """Confusion matrix and first NUM_KEEP examples, from one process reading the whole split."""
+  from aaf_jax.data import pipeline
+
+  confusion = np.zeros((num_classes, num_classes), np.int64)
+  kept = []
+  for batch in pipeline.make_eval_iterator(
+    data_cfg, split='validation', global_batch_size=8, process_index=0, process_count=1
+  ):
+    preds = np.floor(batch['image'][..., 0]).astype(np.int32) % num_classes
+    counted = (batch['label'] < num_classes) & batch['valid'][:, None, None]
+    np.add.at(confusion, (batch['label'][counted], preds[counted]), 1)
+    for i in np.flatnonzero(batch['valid']):
+      kept.append((batch['image'][i], batch['label'][i], preds[i]))
+  return confusion, kept[:NUM_KEEP]
+
+
+def check_evaluation(data_dir):
+  from aaf_jax.data import pipeline
+
+  config = tiny_config(data_dir)
+  info = distributed.first_on_process_0(
+    lambda first: pipeline.dataset_info(config.data, prepare=first), 'probe data'
+  )
+  mesh = sharding.make_mesh()
+  eval_step = evaluate.jit_eval_step(
+    _PixelRule(info.num_classes), info.num_classes, mesh, sharding.replicated(mesh)
+  )
+  batches = pipeline.make_eval_iterator(config.data, split='validation', global_batch_size=8)
+  with jax.set_mesh(mesh):
+    confusion, kept = evaluate.run_evaluation(
+      eval_step, jnp.zeros(()), batches, mesh, info.num_classes, NUM_KEEP
+    )
+  expected_confusion, expected_kept = _reference(config.data, info.num_classes)
+  np.testing.assert_array_equal(confusion, expected_confusion)
+  assert len(kept) == len(expected_kept) == NUM_KEEP, (len(kept), len(expected_kept))
+  for got, expected in zip(kept, expected_kept):
+    for a, b in zip(got, expected):
+      np.testing.assert_array_equal(a, b)
+  print(f'evaluation gathered: {int(confusion.sum())} pixels, {len(kept)} examples', flush=True)
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument('steps', nargs='+', choices=['workdir', 'eval', 'fail', 'idle'])
+  parser.add_argument('--workdir', default='')
+  parser.add_argument('--data_dir', default='')
+  parser.add_argument('--coordinator_address')
+  parser.add_argument('--coordinator_bind_address')
+  parser.add_argument('--num_processes', type=int)
+  parser.add_argument('--process_id', type=int)
+  parser.add_argument('--initialization_timeout', type=int)
+  parser.add_argument('--heartbeat_timeout', type=int)
+  args = parser.parse_args()
+  try:
+    distributed.initialize(
+      coordinator_address=args.coordinator_address,
+      coordinator_bind_address=args.coordinator_bind_address,
+      num_processes=args.num_processes,
+      process_id=args.process_id,
+      initialization_timeout=args.initialization_timeout,
+      heartbeat_timeout=args.heartbeat_timeout,
+    )
+    print(f'joined as process {jax.process_index()} of {jax.process_count()}', flush=True)
+    with distributed.stop_all_on_failure():
+      for step in args.steps:
+        if step == 'workdir':
+          workdir = args.workdir.format(process=jax.process_index())
+          os.makedirs(workdir, exist_ok=True)
+          distributed.check_shared_workdir(workdir)
+          print('workdir shared', flush=True)
+        elif step == 'eval':
+          check_evaluation(args.data_dir)
+        elif step == 'fail':
+          distributed.barrier('probe_ready', timeout_s=120)
+          if jax.process_index() == 1:
+            raise RuntimeError('probe failure on purpose')
+          time.sleep(300)
+        elif step == 'idle':
+          print('idle', flush=True)
+          time.sleep(300)
+  except errors.UserError as e:
+    print(f'error: {errors.one_line(e)}', file=sys.stderr, flush=True)
+    sys.exit(2)
+  distributed.shutdown()
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,85 @@
+"""aaf_jax.distributed on loopback: 2 processes x 2 CPU devices, without training.
+
+Each test starts a small job of tests/loopback_probe.py (see tests/loopback.py for the ports,
+devices and timeouts); the end-to-end training runs are in test_multiprocess.py.
+"""
+
+import os
+import sys
+import time
+
+import pytest
+from loopback import HEARTBEAT_TIMEOUT_S, ROOT, Job
+
+from aaf_jax import distributed
+
+PROBE = [sys.executable, os.path.join(ROOT, 'tests', 'loopback_probe.py')]
+# A stopped process must be gone within this after the event that stops it (the heartbeat
+# timeout plus the time to notice, tell the others and exit, on a busy 2-core machine).
+PROMPT_S = HEARTBEAT_TIMEOUT_S + 20
+
+
+def _probe(tmp_path, *steps, name='probe', **options):
+  flags = [f'--{k}={v}' for k, v in options.items()]
+  return Job([*PROBE, *steps, *flags], str(tmp_path / 'logs'), name=name)
+
+
+def test_single_process_needs_no_job():
+  assert distributed.initialize() is False
+  assert distributed.process_count() == 1
+  distributed.check_shared_workdir('/nonexistent')  # nothing to check with one process
+  assert distributed.first_on_process_0(lambda first: first, 'nothing') is True
+
+
+def test_shared_workdir_fresh_data_and_gathered_evaluation(tmp_path):
+  """Process 0 builds a fresh data_dir while process 1 waits; evaluation across processes
+  equals a one-process reference (confusion matrix and kept examples, uneven last batch)."""
+  job = _probe(tmp_path, 'workdir', 'eval', workdir=tmp_path / 'work', data_dir=tmp_path / 'data')
+  job.wait_ok(600)
+  for i in range(2):
+    out = job.output(i)
+    assert 'workdir shared' in out and ', 9 examples' in out, out
+  assert not [f for f in os.listdir(tmp_path / 'work') if f.startswith('.shared-check')]
+
+
+def test_unshared_workdir_is_refused_by_every_process(tmp_path):
+  job = _probe(tmp_path, 'workdir', workdir=tmp_path / 'work{process}')
+  assert job.wait(300) == [2, 2], job.all_output()
+  for i in range(2):
+    errors = [line for line in job.output(i).splitlines() if line.startswith('error:')]
+    assert (
+      len(errors) == 1 and 'is not shared by all processes: process 1 cannot see' in errors[0]
+    ), job.all_output()
+
+
+def test_a_failing_process_stops_the_others_at_once(tmp_path):
+  job = _probe(tmp_path, 'fail')
+  start = time.monotonic()
+  statuses = job.wait(300)
+  assert statuses == [1, 1], job.all_output()
+  assert 'RuntimeError: probe failure on purpose' in job.output(1)
+  survivor = job.output(0)
+  assert 'Stopping process 0: process 1 of 2 failed: RuntimeError: probe failure on purpose' in (
+    survivor
+  ), job.all_output()
+  # The survivor exits without waiting for a heartbeat timeout.
+  assert time.monotonic() - start < 120, job.all_output()
+
+
+@pytest.mark.parametrize('victim', [1, 0])
+def test_a_killed_process_stops_the_others_promptly(tmp_path, victim):
+  job = _probe(tmp_path, 'idle')
+  job.wait_for(lambda: all('idle' in job.output(i) for i in range(2)), 300, 'both processes idle')
+  job.kill_process(victim)
+  killed_at = time.monotonic()
+  survivor = 1 - victim
+  status = job.wait(PROMPT_S + 60)[survivor]
+  elapsed = time.monotonic() - killed_at
+  out = job.output(survivor)
+  assert status != 0 and elapsed < PROMPT_S, (status, elapsed, out)
+  if victim == 1:  # named by our watchdog
+    assert f'Stopping process 0: process 1 of 2 sent no heartbeat for {HEARTBEAT_TIMEOUT_S} s' in (
+      out
+    )
+  else:  # the coordinator is gone: JAX stops the others at once, naming the leader
+    assert 'leader task was preempted/died' in out, out
