@@ -372,6 +372,30 @@ def test_build_command(tmp_path):
   assert set(read_split(builder, 'val')) == {'00002'}
 
 
+def test_build_command_prepares_what_a_config_trains_on(tmp_path):
+  """--config builds the synthetic set with the config's options, where training will look."""
+  from tiny import tiny_config
+
+  from aaf_jax.data import pipeline
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = tiny_config(str(tmp_path / 'tfds'))
+  command = [
+    sys.executable, '-m', 'aaf_jax.data.build', f'--config={root}/configs/synthetic.py',
+    f'--data_dir={tmp_path / "tfds"}', '--config.data.synthetic.image_size=32',
+    f'--config.data.synthetic.num_train={config.data.synthetic.num_train}',
+    f'--config.data.synthetic.num_validation={config.data.synthetic.num_validation}',
+  ]  # fmt: skip
+  env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}
+  result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=root)
+  assert result.returncode == 0, result.stderr
+  assert '  validation: 10 examples' in result.stdout
+  info = pipeline.dataset_info(config.data, prepare=False)  # found, not built now
+  assert (info.num_train, info.num_eval) == (24, 10)
+  with pytest.raises(SystemExit):
+    build.main(['--data_dir=x'])  # neither --dataset nor --config
+
+
 def test_prepared_voc_feeds_the_pipeline(voc_prepared):
   """The pipeline reads these builders' records: eval labels keep VOC's 255 boundary."""
   import ml_collections
