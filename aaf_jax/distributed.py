@@ -282,7 +282,7 @@ class _Watchdog(threading.Thread):
           client.key_value_set(f'{_PREFIX}ack/{me}', '')
         if me == 0:
           _wait_for_acknowledgements(client)
-        _exit_now(f'Stopping process {me}: {message}.', int(status))
+        _exit_now(f'Stopping process {me}: {message.rstrip(".")}.', int(status))
       if silent:
         self.dead.update(silent)
         names = ', '.join(str(p) for p in silent)

@@ -5,18 +5,20 @@ devices and timeouts); the end-to-end training runs are in test_multiprocess.py.
 """
 
 import os
+import subprocess
 import sys
 import time
 
 import pytest
-from loopback import HEARTBEAT_TIMEOUT_S, ROOT, Job
+from loopback import HEARTBEAT_TIMEOUT_S, ROOT, Job, launch_command
 
 from aaf_jax import distributed
 
 PROBE = [sys.executable, os.path.join(ROOT, 'tests', 'loopback_probe.py')]
-# A stopped process must be gone within this after the event that stops it (the heartbeat
-# timeout plus the time to notice, tell the others and exit, on a busy 2-core machine).
-PROMPT_S = HEARTBEAT_TIMEOUT_S + 20
+# A stopped process must be gone within this after the event that stops it: the heartbeat
+# timeout plus the time to notice, tell the others and exit on a busy 2-core machine, well
+# under JAX's own detection (3 heartbeat timeouts, then a native abort).
+PROMPT_S = HEARTBEAT_TIMEOUT_S + 12
 
 
 def _probe(tmp_path, *steps, name='probe', **options):
@@ -83,3 +85,24 @@ def test_a_killed_process_stops_the_others_promptly(tmp_path, victim):
     )
   else:  # the coordinator is gone: JAX stops the others at once, naming the leader
     assert 'leader task was preempted/died' in out, out
+
+
+@pytest.mark.parametrize(
+  'flags, expected',
+  [
+    (['--distributed'], 'Cannot start the multi-process job (coordinator_address should be'),
+    (['--num_processes=2', '--process_id=2'], '--process_id=2: expected 0 <= process_id < '),
+  ],
+)
+def test_job_flag_mistakes_are_one_line(tmp_path, flags, expected):
+  env = {k: v for k, v in os.environ.items() if not k.startswith(('SLURM_', 'OMPI_', 'JAX_'))}
+  result = subprocess.run(
+    [*launch_command(f'--config={ROOT}/configs/synthetic.py', f'--workdir={tmp_path}'), *flags],
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**env, 'AAF_VERBOSE': ''},
+    cwd=ROOT,
+  )
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(f'error: {expected}'), result.stderr
