@@ -1,53 +1,39 @@
-"""ce vs affinity vs aaf on the synthetic dataset: same config, steps and seed; prints a table.
+"""ce vs affinity vs aaf on the synthetic dataset: the sweep over `loss.kind`; prints its table.
 
-    python benchmarks/compare_losses.py --workdir=workdir/compare [--steps=N]
+    python benchmarks/compare_losses.py --workdir=workdir/compare [--seeds=3] [--steps=N]
 
-Each loss trains in WORKDIR/KIND with `configs/synthetic.py:KIND` (a finished run is reused:
-delete its folder to retrain).
+The same as `python launch.py --mode=sweep --config=configs/synthetic.py --workdir=DIR
+--seeds=N` (the synthetic config's default sweep is the three loss kinds): each run trains in
+its own folder of DIR, finished runs are reused, and DIR/summary.md holds the table printed.
 """
 
 import argparse
-import json
 import os
 import sys
-import time
 
 # Run as `python benchmarks/compare_losses.py`, Python puts benchmarks/ on the path, not the
 # repository root that holds configs/.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from aaf_jax import train  # noqa: E402
+from aaf_jax import sweep  # noqa: E402
 from configs import synthetic  # noqa: E402
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True)
+  parser.add_argument('--seeds', type=int, default=1)
   parser.add_argument('--steps', type=int, default=None)
   parser.add_argument('--data_dir', default=None)
   args = parser.parse_args()
-  rows = {}
-  for kind in ('ce', 'affinity', 'aaf'):
-    arg = kind + (f',steps={args.steps}' if args.steps else '')
-    arg += f',data_dir={args.data_dir}' if args.data_dir else ''
-    workdir = os.path.join(args.workdir, kind)
-    results_path = os.path.join(workdir, 'results.json')
-    start = time.time()
-    if not os.path.exists(results_path):
-      train.train_and_evaluate(synthetic.get_config(arg), workdir)
-    rows[kind] = (json.load(open(results_path)), time.time() - start)
-  classes = list(rows['ce'][0]['per_class_iou'])
-  print('| loss | mIoU | pixel acc | ' + ' | '.join(classes) + ' | wall s |')
-  print('|---|---|---|' + '---|' * len(classes) + '---|')
-  for kind, (res, seconds) in rows.items():
-    ious = ' | '.join(
-      '-' if res['per_class_iou'][c] is None else f'{100 * res["per_class_iou"][c]:.1f}'
-      for c in classes
-    )
-    print(
-      f'| {kind} | {100 * res["miou"]:.2f} | {100 * res["pixel_acc"]:.2f} | {ious} | '
-      f'{seconds:.0f} |'
-    )
+  arg = 'aaf' + (f',steps={args.steps}' if args.steps else '')
+  arg += f',data_dir={args.data_dir}' if args.data_dir else ''
+  config = synthetic.get_config(arg)
+  grid = [f'{field}={values!r}' for field, values in synthetic.get_sweep(arg).items()]
+  runs = sweep.plan(config, args.workdir, grid, args.seeds)
+  sweep.run_sweep(runs, args.workdir)
+  with open(os.path.join(args.workdir, 'summary.md')) as f:
+    print(f.read())
 
 
 if __name__ == '__main__':
