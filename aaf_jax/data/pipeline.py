@@ -182,7 +182,9 @@ class _Split:
 
   def _read(self, indices: np.ndarray) -> np.ndarray:
     try:
-      return np.array(self._source.__getitems__(indices.tolist()), dtype=object)
+      # One record at a time: the data source's batched read starts a thread pool per call,
+      # which deadlocks inside tf.data's threads on Python 3.12.
+      return np.array([self._source[i] for i in indices.tolist()], dtype=object)
     except RuntimeError:  # ArrayRecord's error for a record it cannot read
       self.damage = self.damage or integrity.locate_damage(
         self._builder,
@@ -190,7 +192,7 @@ class _Split:
         self._dataset_name,
         self._data_dir,
         indices,
-        lambda i: self._source.__getitems__([i]),
+        lambda i: self._source[i],
       )
       # Empty records fail to decode, which stops the pipeline; raising here instead would
       # make TensorFlow log the whole Python traceback before our one-line message.
