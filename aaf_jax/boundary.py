@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+DEFAULT_WIDTH = 3  # px; Cheng et al. use 2% of the image diagonal (config.eval.boundary_width)
+
 
 def inner_band(masks, width: int):
   """Pixels of `masks` [N,H,W] (bool) within `width` px (chessboard) of the mask's outside.

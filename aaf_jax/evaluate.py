@@ -1,5 +1,5 @@
 """Evaluation: the recipe's inference (whole image or sliding window, scales, flip), one
-confusion matrix over the split, mIoU and friends.
+confusion matrix over the split, mIoU and friends, and boundary IoU (boundary.py).
 
 The eval iterator pads every image to a fixed shape with ignore labels and pads the last batch
 with `valid=False` examples, so each image counts exactly once and the step compiles once.
@@ -17,10 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
-from aaf_jax import sharding
+from aaf_jax import boundary, sharding
 
 
-def check_eval_options(window: int, stride: int, scales, flip: bool) -> None:
+def check_eval_options(
+  window: int, stride: int, scales, flip: bool, boundary_width: int = boundary.DEFAULT_WIDTH
+) -> None:
   """ValueError naming the `config.eval` field that cannot work."""
   if not isinstance(window, int) or window < 0:
     raise ValueError(
@@ -42,6 +44,11 @@ def check_eval_options(window: int, stride: int, scales, flip: bool) -> None:
     )
   if not isinstance(flip, bool):
     raise ValueError(f'config.eval.flip={flip!r}: expected True or False.')
+  if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 1:
+    raise ValueError(
+      f'config.eval.boundary_width={boundary_width!r}: expected an integer >= 1 (pixels from a '
+      'contour that count for boundary IoU).'
+    )
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -142,15 +149,24 @@ def predict_probs(
 
 
 def make_eval_step(
-  model, num_classes: int, *, window: int = 0, stride: int = 0, scales=(1.0,), flip: bool = False
+  model,
+  num_classes: int,
+  *,
+  window: int = 0,
+  stride: int = 0,
+  scales=(1.0,),
+  flip: bool = False,
+  boundary_width: int = boundary.DEFAULT_WIDTH,
 ):
-  """(variables, batch) -> (confusion [C,C] int32, predictions [N,H,W] int32).
+  """(variables, batch) -> (confusion [C,C] int32, boundary counts [2,C] int32, predictions
+  [N,H,W] int32).
 
   Predictions are the argmax of `predict_probs` (the defaults: the whole image at scale 1,
   logits upsampled bilinearly to the input size); a pixel counts when its label is a class
-  (not 255) and its example is not padding.
+  (not 255) and its example is not padding. The boundary counts are `boundary.boundary_counts`
+  at `boundary_width` px.
   """
-  check_eval_options(window, stride, scales, flip)
+  check_eval_options(window, stride, scales, flip, boundary_width)
   scales = tuple(float(s) for s in scales)
 
   def eval_step(variables, batch):
@@ -163,7 +179,12 @@ def make_eval_step(
     counted = (labels >= 0) & (labels < num_classes) & batch['valid'][:, None, None]
     index = jnp.where(counted, labels * num_classes + preds, num_classes * num_classes)
     confusion = jnp.bincount(index.reshape(-1), length=num_classes * num_classes + 1)
-    return confusion[:-1].reshape(num_classes, num_classes).astype(jnp.int32), preds
+    confusion = confusion[:-1].reshape(num_classes, num_classes).astype(jnp.int32)
+    return (
+      confusion,
+      boundary.boundary_counts(labels, preds, counted, num_classes, boundary_width),
+      preds,
+    )
 
   return eval_step
 
@@ -173,7 +194,11 @@ def jit_eval_step(model, num_classes: int, mesh, variables_sharding, **options):
   return jax.jit(
     make_eval_step(model, num_classes, **options),
     in_shardings=(variables_sharding, sharding.batch_sharding(mesh)),
-    out_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
+    out_shardings=(
+      sharding.replicated(mesh),
+      sharding.replicated(mesh),
+      sharding.batch_sharding(mesh),
+    ),
   )
 
 
@@ -199,25 +224,28 @@ def scores(confusion: np.ndarray, class_names) -> dict:
 
 
 def run_evaluation(eval_step, variables, batches, mesh, num_classes: int, num_keep: int = 0):
-  """Accumulate the confusion matrix over every batch; keep the first `num_keep` examples.
+  """(confusion [C,C], boundary counts [2,C], kept examples) summed over every batch.
 
-  Each batch's matrix is fetched after the next batch is dispatched, so the host never waits
-  on the device between batches; the sum is kept on the host in int64 (a large split's pixel
-  counts overflow int32).
+  Each batch's counts are fetched after the next batch is dispatched, so the host never waits
+  on the device between batches; the sums are kept on the host in int64 (a large split's pixel
+  counts overflow int32). The first `num_keep` examples are kept as (image, label, prediction).
   """
   confusion = np.zeros((num_classes, num_classes), np.int64)
+  boundary_counts = np.zeros((2, num_classes), np.int64)
   kept, previous = [], None
   for local in batches:
     batch = sharding.global_batch(local, mesh)
-    batch_confusion, preds = eval_step(variables, batch)
+    batch_confusion, batch_boundary, preds = eval_step(variables, batch)
     if previous is not None:
-      confusion += np.asarray(jax.device_get(previous), np.int64)
-    previous = batch_confusion
+      confusion += np.asarray(jax.device_get(previous[0]), np.int64)
+      boundary_counts += np.asarray(jax.device_get(previous[1]), np.int64)
+    previous = batch_confusion, batch_boundary
     if len(kept) < num_keep:
       kept.extend(_first_examples(batch, preds, num_keep - len(kept)))
   if previous is not None:
-    confusion += np.asarray(jax.device_get(previous), np.int64)
-  return confusion, kept
+    confusion += np.asarray(jax.device_get(previous[0]), np.int64)
+    boundary_counts += np.asarray(jax.device_get(previous[1]), np.int64)
+  return confusion, boundary_counts, kept
 
 
 def _first_examples(batch: dict, preds, count: int) -> list:
@@ -237,12 +265,17 @@ def _first_examples(batch: dict, preds, count: int) -> list:
 
 
 def format_table(results: dict) -> str:
-  """The per-class IoU table and the summary line, for the log."""
-  rows = [f'{"class":<20} {"IoU":>7}']
+  """The per-class IoU and boundary IoU table and the summary lines, for the log."""
+
+  def cell(value):
+    return f'{"-" if value is None else f"{100 * value:.2f}":>12}'
+
+  boundary_ious = results.get('per_class_boundary_iou', {})
+  rows = [f'{"class":<20} {"IoU":>12} {"boundary IoU":>12}']
   for name, iou in results['per_class_iou'].items():
-    rows.append(f'{name:<20} {"-" if iou is None else f"{100 * iou:7.2f}":>7}')
-  rows.append(f'{"mIoU":<20} {100 * results["miou"]:7.2f}')
-  rows.append(f'{"pixel accuracy":<20} {100 * results["pixel_acc"]:7.2f}')
+    rows.append(f'{name:<20} {cell(iou)} {cell(boundary_ious.get(name))}')
+  rows.append(f'{"mean":<20} {cell(results["miou"])} {cell(results.get("boundary_iou"))}')
+  rows.append(f'{"pixel accuracy":<20} {cell(results["pixel_acc"])}')
   return '\n'.join(rows)
 
 

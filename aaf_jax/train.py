@@ -15,6 +15,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 from aaf_jax import (
+  boundary,
   checkpoint,
   distributed,
   errors,
@@ -101,10 +102,13 @@ class Evaluator:
       process_count=jax.process_count(),
     )
     with jax.set_mesh(run.mesh):
-      confusion, examples = evaluate.run_evaluation(
+      confusion, boundary_counts, examples = evaluate.run_evaluation(
         self._step, variables, batches, run.mesh, run.info.num_classes, num_keep
       )
-    return evaluate.scores(confusion, run.info.class_names), examples
+    results = evaluate.scores(confusion, run.info.class_names)
+    results.update(boundary.scores(boundary_counts, run.info.class_names))
+    results['boundary_width'] = config.eval.boundary_width
+    return results, examples
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -256,7 +260,14 @@ def _plot_field_sizes(workdir, weights, class_names):
 
 
 def _write_eval_summaries(writer, step, results, examples, config, num_classes):
-  writer.write_scalars(step, {'eval/miou': results['miou'], 'eval/pixel_acc': results['pixel_acc']})
+  writer.write_scalars(
+    step,
+    {
+      'eval/miou': results['miou'],
+      'eval/boundary_iou': results['boundary_iou'],
+      'eval/pixel_acc': results['pixel_acc'],
+    },
+  )
   if examples:
     images = [
       viz.side_by_side(img, lab, pred, config.data.mean, num_classes) for img, lab, pred in examples

@@ -121,6 +121,7 @@ SCHEMA = {
     'stride': integer(0),
     'scales': sequence(number(0, low_open=True), nonempty=True),
     'flip': boolean(),
+    'boundary_width': integer(1),
   },
   'data': {
     'name': string(nonempty=True),

@@ -114,8 +114,11 @@ def base_config(
 
   # Inference (evaluate.py): window 0 = the whole image at once, else sliding windows of
   # `window` px at most `stride` apart; class probabilities summed over `scales` and, with
-  # `flip`, the mirrored image.
-  c.eval = ml_collections.ConfigDict(dict(window=0, stride=0, scales=(1.0,), flip=False))
+  # `flip`, the mirrored image. boundary_width: px from a contour that count for boundary IoU
+  # (aaf_jax/boundary.py; Cheng et al. use 2% of the image diagonal).
+  c.eval = ml_collections.ConfigDict(
+    dict(window=0, stride=0, scales=(1.0,), flip=False, boundary_width=3)
+  )
 
   c.log_every_steps = 50
   c.eval_every_steps = 0  # 0: evaluate only at the end

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aaf_jax import evaluate, sharding
+from aaf_jax import boundary, evaluate, sharding
 
 
 def test_scores_hand_computed():
@@ -56,13 +56,23 @@ def test_eval_step_counts_valid_pixels_once():
     'valid': np.array([True, True]),
   }
   step = evaluate.jit_eval_step(Identity(3), 3, mesh, sharding.replicated(mesh))
-  confusion, kept = evaluate.run_evaluation(step, {}, [batch, second], mesh, 3, num_keep=5)
+  confusion, boundary_counts, kept = evaluate.run_evaluation(
+    step, {}, [batch, second], mesh, 3, num_keep=5
+  )
   expected = np.zeros((3, 3), int)
   expected[0, 0] += 2
   expected[1, 1] += 2
   expected[1, 2] += 2  # the 255 pixels and the padding example count nowhere
   expected[0, 1] += 4  # second batch, example 1: labels 0 predicted 1
   np.testing.assert_array_equal(confusion, expected)
+
+  # Boundary counts of the same pixels: each batch's, summed (hand-checked in test_boundary.py).
+  def counts(b):
+    counted = (b['label'] < 3) & b['valid'][:, None, None]
+    return boundary.boundary_counts(b['label'], np.argmax(b['image'], -1), counted, 3, 3)
+
+  np.testing.assert_array_equal(boundary_counts, counts(batch) + counts(second))
+  assert boundary_counts[1].sum() > 0
   assert len(kept) == 3
   np.testing.assert_array_equal(kept[0][2], preds[0])
   np.testing.assert_array_equal(kept[1][2], preds[1])
@@ -245,6 +255,8 @@ def test_sliding_eval_step_counts_like_the_whole_image_step():
     ({'scales': ()}, 'config.eval.scales'),
     ({'scales': (1.0, 0.0)}, 'config.eval.scales'),
     ({'flip': 1}, 'config.eval.flip'),
+    ({'boundary_width': 0}, 'config.eval.boundary_width'),
+    ({'boundary_width': 2.5}, 'config.eval.boundary_width'),
   ],
 )
 def test_bad_eval_options_name_the_field(options, field):
@@ -280,9 +292,11 @@ mesh = sharding.make_mesh()
 assert mesh.devices.size == 8, mesh
 options = dict(window=12, stride=8, scales=(0.5, 1.0, 1.25), flip=True)
 step = evaluate.jit_eval_step(model, 3, mesh, sharding.replicated(mesh), **options)
-confusion, kept = evaluate.run_evaluation(step, variables, [batch], mesh, 3, num_keep=8)
-want_confusion, want_preds = evaluate.make_eval_step(model, 3, **options)(variables, batch)
+confusion, boundaries, kept = evaluate.run_evaluation(step, variables, [batch], mesh, 3, num_keep=8)
+want_confusion, want_boundaries, want_preds = evaluate.make_eval_step(model, 3, **options)(
+    variables, batch)
 np.testing.assert_array_equal(confusion, np.asarray(want_confusion))
+np.testing.assert_array_equal(boundaries, np.asarray(want_boundaries))
 np.testing.assert_array_equal(np.stack([k[2] for k in kept]), np.asarray(want_preds))
 """
 

@@ -40,6 +40,8 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
   saved = json.loads((tmp_path / 'results.json').read_text())
   assert saved['step'] == 4
   assert 0 <= saved['miou'] <= 1 and 0 <= saved['pixel_acc'] <= 1
+  assert 0 <= saved['boundary_iou'] <= 1 and saved['boundary_width'] == 2
+  assert set(saved['per_class_boundary_iou']) == set(saved['per_class_iou'])
   assert set(saved['per_class_iou']) == {
     'background',
     'disc',
@@ -61,7 +63,8 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
     again = train.evaluate_checkpoint(tiny_config(data_dir, loss), str(tmp_path))
     written = json.loads((tmp_path / 'eval-synthetic-validation.json').read_text())
     assert written == json.loads(json.dumps(again))
-    keys = ('miou', 'pixel_acc', 'per_class_iou', 'step', 'fingerprint')
+    keys = ('miou', 'pixel_acc', 'per_class_iou', 'boundary_iou', 'per_class_boundary_iou')
+    keys += ('boundary_width', 'step', 'fingerprint')
     assert {k: written[k] for k in keys} == {k: saved[k] for k in keys}
     assert written['inference'] == {
       'dataset': 'synthetic',
@@ -71,6 +74,7 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
       'stride': 0,
       'scales': [1.0],
       'flip': False,
+      'boundary_width': 2,
     }
   else:
     assert 'field_size_weights' not in saved
