@@ -146,6 +146,7 @@ SCHEMA = {
       'max_objects': integer(2),
       'noise_std': number(0, 100),
       'void_prob': number(0, 1),
+      'thin_width': number(1, 8),
     },
   },
   'log_every_steps': integer(1),

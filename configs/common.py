@@ -107,6 +107,7 @@ def base_config(
           max_objects=6,
           noise_std=12.0,
           void_prob=0.5,
+          thin_width=3.0,  # px: the widest a ring, bar or star stroke gets
         )
       ),
     )

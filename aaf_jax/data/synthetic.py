@@ -37,6 +37,7 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
   max_objects: int = 6
   noise_std: float = 12.0
   void_prob: float = 0.5
+  thin_width: float = 3.0  # px: the widest a ring, bar or star spoke gets (each draws 60-100%)
 
 
 OPTION_DEFAULTS = {
@@ -65,6 +66,11 @@ def _validate(options: dict) -> None:
     raise ValueError(
       f'config.data.synthetic.noise_std={options["noise_std"]!r}: expected a number in [0, 100]'
     )
+  if not 1 <= options['thin_width'] <= 8:
+    raise ValueError(
+      f'config.data.synthetic.thin_width={options["thin_width"]!r}: expected a width in px in '
+      '[1, 8]'
+    )
   if not 0 <= options['void_prob'] <= 1:
     raise ValueError(
       f'config.data.synthetic.void_prob={options["void_prob"]!r}: expected a probability in [0, 1]'
@@ -83,6 +89,7 @@ def make_config(synthetic_cfg=None) -> SyntheticShapesConfig:
   _validate(options)
   options['noise_std'] = float(options['noise_std'])
   options['void_prob'] = float(options['void_prob'])
+  options['thin_width'] = float(options['thin_width'])
   if options == OPTION_DEFAULTS:
     return DEFAULT_CONFIG
   return SyntheticShapesConfig(name=_config_name(options), **options)
@@ -105,20 +112,18 @@ def _binary_shift_op(mask: np.ndarray, steps: int, op) -> np.ndarray:
 
 
 def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-  """A [H,W] field in [0,1]: flat, gradient, stripes, checker or smooth blotches."""
-  kind = rng.integers(5)
-  angle = rng.uniform(0, np.pi)
-  u = xx * np.cos(angle) + yy * np.sin(angle)
-  v = -xx * np.sin(angle) + yy * np.cos(angle)
+  """A [H,W] field in [0,1]: flat, gradient or smooth blotches.
+
+  No hard-edged patterns: stripes and checkers would draw bars and boxes into the background,
+  and a class must be decided by the object's shape, not by guessing which edges are paint.
+  """
+  kind = rng.integers(3)
   if kind == 0:
     return np.zeros_like(yy)
   if kind == 1:
+    angle = rng.uniform(0, np.pi)
+    u = xx * np.cos(angle) + yy * np.sin(angle)
     return (u - u.min()) / max(np.ptp(u), 1e-6)
-  period = rng.uniform(6, 16)
-  if kind == 2:
-    return (np.sin(2 * np.pi * u / period) > 0).astype(np.float32)
-  if kind == 3:
-    return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float32)
   field = np.zeros_like(yy)
   scale = max(yy.shape)
   for _ in range(3):
@@ -140,9 +145,12 @@ def _paint(rng: np.random.Generator, yy, xx, avoid_colour=None) -> np.ndarray:
   return colour_a * (1 - t) + colour_b * t
 
 
-def _shape_mask(cls: int, rng: np.random.Generator, dy, dx, radius: float) -> np.ndarray:
+def _shape_mask(
+  cls: int, rng: np.random.Generator, dy, dx, radius: float, thin_width: float
+) -> np.ndarray:
   """Boolean [H,W] mask of a shape of class `cls` centred at the origin of (dy, dx)."""
   angle = rng.uniform(0, 2 * np.pi)
+  half_width = thin_width / 2 * rng.uniform(0.6, 1.0)  # of the thin classes' strokes
   u = dx * np.cos(angle) + dy * np.sin(angle)
   v = -dx * np.sin(angle) + dy * np.cos(angle)
   dist = np.hypot(dy, dx)
@@ -158,17 +166,16 @@ def _shape_mask(cls: int, rng: np.random.Generator, dy, dx, radius: float) -> np
       inside &= dx * np.cos(normal) + dy * np.sin(normal) <= radius / 2
     return inside
   if cls == 4:  # thin ring
-    return np.abs(dist - radius) <= rng.uniform(0.75, 1.5)
+    return np.abs(dist - radius) <= half_width
   if cls == 5:  # thin bar
-    return (np.abs(u) <= radius * rng.uniform(1.2, 2.0)) & (np.abs(v) <= rng.uniform(0.75, 1.5))
+    return (np.abs(u) <= radius * rng.uniform(1.2, 2.0)) & (np.abs(v) <= half_width)
   if cls == 6:  # star: thin spokes from the centre
     num_spokes = rng.integers(5, 9)
     phis = angle + 2 * np.pi * np.arange(num_spokes) / num_spokes  # [K]
     along = dx[None] * np.cos(phis)[:, None, None] + dy[None] * np.sin(phis)[:, None, None]
     across = -dx[None] * np.sin(phis)[:, None, None] + dy[None] * np.cos(phis)[:, None, None]
-    half_width = rng.uniform(0.75, 1.25)
     spokes = (along >= 0) & (along <= radius) & (np.abs(across) <= half_width)  # [K,H,W]
-    return spokes.any(axis=0) | (dist <= 1.5)
+    return spokes.any(axis=0) | (dist <= max(1.5, half_width))
   raise ValueError(f'no shape for class {cls}')
 
 
@@ -195,10 +202,10 @@ def draw_example(
   centre, radius = None, None
   for k in range(1, num_objects + 1):
     cls = int(rng.integers(1, len(CLASS_NAMES)))
-    new_radius = side * rng.uniform(0.1, 0.28)
+    new_radius = side * rng.uniform(0.1, 0.25)
     if centre is not None and rng.random() < 0.5:  # touch or overlap the previous object
       direction = rng.uniform(0, 2 * np.pi)
-      gap = (radius + new_radius) * rng.uniform(0.7, 1.05)
+      gap = (radius + new_radius) * rng.uniform(0.8, 1.05)
       centre = centre + gap * np.array([np.sin(direction), np.cos(direction)])
       centre = np.clip(centre, 0, (height - 1, width - 1))
     else:
@@ -211,7 +218,7 @@ def draw_example(
       slice(max(0, int(centre[1] - reach)), min(width, int(centre[1] + reach) + 1)),
     )
     wy, wx = yy[window], xx[window]
-    mask = _shape_mask(cls, rng, wy - centre[0], wx - centre[1], radius)
+    mask = _shape_mask(cls, rng, wy - centre[0], wx - centre[1], radius, options['thin_width'])
     paint = _paint(rng, wy, wx, avoid_colour=background_colour)
     image[window][mask] = paint[mask]
     label[window][mask] = cls
@@ -234,8 +241,11 @@ def draw_example(
 class SyntheticShapes(base.PreparedLocally, tfds.core.GeneratorBasedBuilder):
   """Procedural shapes segmentation set (see the module docstring)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First release.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'First release.',
+    '2.0.0': 'Thin strokes of thin_width px, larger objects, no stripe or checker textures.',
+  }
   BUILDER_CONFIGS = [DEFAULT_CONFIG]
   CLASS_NAMES = CLASS_NAMES
   IGNORE_LABEL = IGNORE_LABEL
