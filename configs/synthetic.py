@@ -1,6 +1,6 @@
 """The main job: AAF on the built-in synthetic shapes dataset, small enough for a 2-core CPU.
 
-64 px images and crops, batch 8, 2500 steps of a narrow ResNet-10 PSPNet at output stride 2.
+64 px images and crops, batch 8, 2000 steps of a narrow ResNet-10 PSPNet at output stride 2.
 
     python launch.py --config=configs/synthetic.py --workdir=DIR          # loss 'aaf'
     python launch.py --config=configs/synthetic.py:ce --workdir=DIR       # or affinity, aaf
@@ -12,7 +12,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, loss='aaf', steps=2500, batch=8, data_dir='~/tensorflow_datasets')
+  args = common.parse_arg(arg, loss='aaf', steps=2000, batch=8, data_dir='~/tensorflow_datasets')
   config = common.base_config(args.loss, 'pspnet_tiny')
   config.seed = 0
   config.num_train_steps = args.steps

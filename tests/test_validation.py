@@ -97,7 +97,7 @@ def test_each_field_is_checked(field, value, expected):
     ({'batch_size': 8, 'grad_accum_steps': 3}, r'config.batch_size=8 must be a multiple'),
     ({'data.min_scale': 2.0, 'data.max_scale': 1.0}, r'min_scale <= max_scale'),
     ({'eval.window': 32, 'eval.stride': 0}, r'config.eval.stride=0: .*expected 1..32'),
-    ({'data.crop_size': 2}, r'config.data.crop_size=2: too small'),
+    ({'model.output_stride': 4, 'data.crop_size': 2}, r'config.data.crop_size=2: too small'),
     ({'model.output_stride': 32}, r'config.model.output_stride=32: with .*stem_pool=False'),
     ({'init_checkpoint': '/a', 'model.pretrained': '/b'}, r'set at most one'),
   ],
