@@ -1,4 +1,4 @@
-"""Affinity-field losses (AAF_SPEC.md items 1-11) as pure, jit-able JAX functions.
+"""Affinity-field losses (docs/method.md items 1-11) as pure, jit-able JAX functions.
 
 Nothing here imports flax, a config or the file system: the functions take arrays and static
 options and return arrays, so they drop into any training loop.

@@ -19,6 +19,10 @@ from absl import logging
 from aaf_jax import errors, presets, run_record
 
 
+class DamagedCheckpointError(errors.UserError):
+  """No checkpoint of the workdir can be read, though some are there."""
+
+
 class ConfigMismatchError(errors.UserError):
   """A checkpoint made with a config the current run may not continue from."""
 
@@ -56,6 +60,27 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def step_dir(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
+
+  def data_position(self, step: int) -> dict:
+    return self._manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore()))['data']
+
+  def move_aside(self, step: int) -> str:
+    """Moves checkpoint `step` to WORKDIR/damaged_checkpoints/STEP (kept, never deleted)."""
+    aside = os.path.join(os.path.dirname(self.directory), 'damaged_checkpoints')
+    os.makedirs(aside, exist_ok=True)
+    target, copy = os.path.join(aside, str(step)), 1
+    while os.path.exists(target):  # the same step damaged again in a later run
+      copy += 1
+      target = os.path.join(aside, f'{step}.{copy}')
+    os.rename(self.step_dir(step), target)
+    self._manager.reload()
+    return target
+
   def meta(self, step: int) -> dict:
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
 
@@ -67,10 +92,16 @@ class Checkpointer:
     evaluation or an init checkpoint; 'data' is then None.
     """
     item = network_part(target) if network_only else target
-    restore = ocp.args.PyTreeRestore(
-      item=item,
-      restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-      partial_restore=network_only,
+    # The whole state goes through the handler `save` uses (StandardSave): Orbax binds one
+    # handler per item name, and a resumed run saves into this same manager.
+    restore = (
+      ocp.args.PyTreeRestore(
+        item=item,
+        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+        partial_restore=True,
+      )
+      if network_only
+      else ocp.args.StandardRestore(item)
     )
     if network_only:
       restored = self._manager.restore(step, args=ocp.args.Composite(state=restore))
@@ -151,13 +182,75 @@ def check_meta(meta: dict, config, num_classes: int, where: str, network_only=Fa
     )
 
 
+def _describe(error: Exception) -> str:
+  """The first line of an error from Orbax or TensorStore, kept short for a one-line report."""
+  lines = str(error).strip().splitlines()
+  text = errors.one_line(lines[0]) if lines else ''
+  text = text if len(text) <= 160 else text[:157] + '...'
+  return f'{type(error).__name__}: {text}' if text else type(error).__name__
+
+
+def _restore_intact(checkpointer, step, abstract, config, num_classes):
+  """(the restored checkpoint, None), or (None, (the part that failed, what went wrong)).
+
+  Each part is read on its own so the report names it; a config mismatch is not damage and
+  raises ConfigMismatchError.
+  """
+  where = checkpointer.step_dir(step)
+  try:
+    meta = checkpointer.meta(step)
+  except Exception as e:  # Orbax and TensorStore raise many types; any means unreadable
+    return None, (os.path.join(where, 'meta'), _describe(e))
+  check_meta(meta, config, num_classes, f'workdir {checkpointer.directory}')
+  try:
+    checkpointer.data_position(step)
+  except Exception as e:
+    return None, (os.path.join(where, 'data'), _describe(e))
+  try:
+    return checkpointer.restore_step(step, abstract), None
+  except Exception as e:
+    return None, (os.path.join(where, 'state'), _describe(e))
+
+
+def restore_latest_intact(checkpointer, abstract, config, num_classes):
+  """(restored {'state', 'data'}, step) of the newest readable checkpoint, or None if none is there.
+
+  Newer checkpoints that cannot be read (a crash mid-save, a full disk, bit rot) are reported,
+  one line each, and moved to WORKDIR/damaged_checkpoints/; the run goes on from the newest
+  intact one exactly as it went on from there before. If none can be read, nothing is moved
+  and DamagedCheckpointError says what to do.
+  """
+  damaged = []
+  for step in reversed(checkpointer.all_steps()):
+    restored, failure = _restore_intact(checkpointer, step, abstract, config, num_classes)
+    if failure is None:
+      for bad_step, (part, problem) in damaged:
+        moved = checkpointer.move_aside(bad_step)
+        logging.warning(
+          'Checkpoint at step %d cannot be read (%s: %s); moved to %s; resuming from step %d.',
+          bad_step,
+          part,
+          problem,
+          moved,
+          step,
+        )
+      return restored, step
+    damaged.append((step, failure))
+  if damaged:
+    found = '; '.join(f'step {s}: {part} ({problem})' for s, (part, problem) in damaged)
+    raise DamagedCheckpointError(
+      f'no intact checkpoint in {checkpointer.directory} ({found}). To start this run afresh, '
+      f'move that folder aside; to keep its progress, restore the damaged files from a copy.'
+    )
+  return None
+
+
 def restore_or_init(checkpointer, config, init, state_sharding, rng, num_classes):
   """(state, data iterator state or None), following the resume order of the module docstring."""
   abstract = _abstract(jax.eval_shape(init, rng), state_sharding)
-  step = checkpointer.latest_step()
-  if step is not None:
-    check_meta(checkpointer.meta(step), config, num_classes, f'workdir {checkpointer.directory}')
-    restored = checkpointer.restore_step(step, abstract)
+  found = restore_latest_intact(checkpointer, abstract, config, num_classes)
+  if found is not None:
+    restored, step = found
     logging.info('Resumed from %s at step %d.', checkpointer.directory, step)
     return restored['state'], restored['data']
   state = jax.jit(init, out_shardings=state_sharding)(rng)
@@ -189,30 +282,41 @@ def load_init_checkpoint(config, state, state_sharding, num_classes: int):
       raise errors.MissingFileError(
         f'config.init_checkpoint={path!r}: no checkpoint in {source.directory}.'
       )
+    where = f'config.init_checkpoint={path!r}'
+    try:
+      meta = source.meta(step)
+    except Exception as e:  # Orbax and TensorStore raise many types; any means unreadable
+      raise _unreadable_init(where, source.step_dir(step), 'meta', e) from e
     # A CE run may initialise an AAF run: only the network must match.
-    check_meta(
-      source.meta(step),
-      config,
-      num_classes,
-      f'config.init_checkpoint={path!r}',
-      network_only=True,
-    )
-    network = source.restore_step(step, _abstract(state, state_sharding), network_only=True)[
-      'state'
-    ]
+    check_meta(meta, config, num_classes, where, network_only=True)
+    try:
+      network = source.restore_step(step, _abstract(state, state_sharding), network_only=True)
+    except Exception as e:
+      raise _unreadable_init(where, source.step_dir(step), 'state', e) from e
+    network = network['state']
   logging.info('Initialised the network from %s (step %d).', source.directory, step)
   return _with_network(state, network)
+
+
+def _unreadable_init(where: str, step_dir: str, part: str, error: Exception):
+  return DamagedCheckpointError(
+    f'{where}: {os.path.join(step_dir, part)} cannot be read ({_describe(error)}); point the '
+    'field at an intact checkpoint, or set it to an empty string to start from scratch.'
+  )
 
 
 def load_pretrained(config, state, state_sharding):
   """`state` with the ImageNet backbone of `config.model.pretrained` (aaf_jax.weights)."""
   from aaf_jax import weights  # only runs that import weights need its dependencies
 
-  variables = weights.load_backbone(
-    os.path.expanduser(config.model.pretrained),
-    {'params': state.params['model'], 'batch_stats': state.batch_stats},
-    layout=config.model.layout,
-  )
+  try:
+    variables = weights.load_backbone(
+      os.path.expanduser(config.model.pretrained),
+      {'params': state.params['model'], 'batch_stats': state.batch_stats},
+      layout=config.model.layout,
+    )
+  except errors.UserError as e:  # a bad file: say which config field named it
+    raise type(e)(f'config.model.pretrained={config.model.pretrained!r}: {e}') from e
   network = {'params': {'model': variables['params']}, 'batch_stats': variables['batch_stats']}
   return jax.device_put(_with_network(state, network), state_sharding)
 

@@ -1,4 +1,4 @@
-"""Parameter groups and the one optax transform that trains them (AAF_SPEC.md item 9).
+"""Parameter groups and the one optax transform that trains them (docs/method.md item 9).
 
 The trainable tree is `{'model': network params, 'aaf': {'edge_logits', 'nonedge_logits'}}`.
 Every leaf gets exactly one group label:

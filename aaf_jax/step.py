@@ -1,6 +1,6 @@
 """The pure pieces of training: state, objective and the update, with no I/O.
 
-The objective (AAF_SPEC.md items 7-10): cross-entropy over non-ignored pixels at the logits'
+The objective (docs/method.md items 7-10): cross-entropy over non-ignored pixels at the logits'
 resolution (labels shrunk by nearest neighbour), plus the affinity term of `config.loss.kind`
 scaled by `loss_decay`, plus an auxiliary cross-entropy when the network has an aux head. One
 optax update descends on the network and ascends on the AAF tables (see optim.py). Kept apart

@@ -12,7 +12,6 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
 
 from aaf_jax import (
   boundary,
@@ -20,6 +19,7 @@ from aaf_jax import (
   distributed,
   errors,
   evaluate,
+  logs,
   loss_kinds,
   models,
   optim,
@@ -147,10 +147,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     )
     evaluator = Evaluator(config, run)
     meta = checkpoint.checkpoint_meta(config, num_classes)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
-    progress = periodic_actions.ReportProgress(
-      num_train_steps=config.num_train_steps, writer=writer
+    writer = logs.create_writer(
+      workdir, just_logging=jax.process_index() > 0, num_steps=config.num_train_steps
     )
+    pace = logs.Pace()
 
     def run_eval(step):
       results, examples = evaluator(_variables(state), config.num_summary_images)
@@ -168,10 +168,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           _raise_if_not_finite(*pending)
         pending = (step, finite)
         train_metrics = step_metrics if train_metrics is None else train_metrics.merge(step_metrics)
-        progress(step)
+        if step == start + 1:  # steps/s leaves out the first step, which compiles
+          jax.block_until_ready(step_metrics)
+          pace.rate(step)
         last = step == config.num_train_steps
         if step % config.log_every_steps == 0 or last:
-          writer.write_scalars(step, {f'train/{k}': v for k, v in train_metrics.compute().items()})
+          scalars = {f'train/{k}': v for k, v in train_metrics.compute().items()}
+          rate = pace.rate(step)  # after compute(): the logged steps have finished
+          if rate is not None:
+            scalars[logs.STEPS_PER_SEC] = rate
+          writer.write_scalars(step, scalars)
           train_metrics = None
         if step % config.checkpoint_every_steps == 0 or last:
           _raise_if_not_finite(*pending)  # never write a broken state

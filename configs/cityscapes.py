@@ -1,4 +1,4 @@
-"""The authors' Cityscapes recipe (AAF_SPEC.md): PSPNet, ResNet-101 (slim), stride 8, crop 720.
+"""The authors' Cityscapes recipe (docs/recipe.md): PSPNet, ResNet-101 (slim), stride 8, crop 720.
 
     python launch.py --config=configs/cityscapes.py:aaf,pretrained=/w/r101.msgpack \
         --config.data.manual_dir=/data/cityscapes --workdir=/runs/cs

@@ -49,7 +49,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
 def base_config(
   loss_kind: str = 'aaf', model_preset: str = 'pspnet_resnet101'
 ) -> ml_collections.ConfigDict:
-  """Every field, with the recipe's defaults (AAF_SPEC.md); returned unlocked for the set-up."""
+  """Every field, with the recipe's defaults (docs/recipe.md); returned unlocked for the set-up."""
   kind = loss_kinds.get(loss_kind)
   c = ml_collections.ConfigDict()
   c.seed = 0

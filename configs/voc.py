@@ -1,4 +1,4 @@
-"""The authors' PASCAL VOC 2012 recipe (AAF_SPEC.md): PSPNet, ResNet-101 (slim), stride 8.
+"""The authors' PASCAL VOC 2012 recipe (docs/recipe.md): PSPNet, ResNet-101 (slim), stride 8.
 
     # stage 1: train_aug (VOC train + SBD), 30k steps at lr 1e-3
     python launch.py --config=configs/voc.py:stage1,aaf,pretrained=/w/r101.msgpack \

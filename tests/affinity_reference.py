@@ -1,4 +1,4 @@
-"""A float64 NumPy reference of the affinity losses, written line by line from AAF_SPEC.md.
+"""A float64 NumPy reference of the affinity losses, written line by line from docs/method.md.
 
 Plain loops and masks on purpose: it is slow and obviously right, the yardstick the JAX code is
 tested against. Only for tiny inputs.
