@@ -10,6 +10,7 @@ clone: `aaf_jax` importable (pip install -e . puts it on the path), nothing else
 import glob
 import os
 import re
+import shlex
 import subprocess
 import sys
 
@@ -49,7 +50,9 @@ def fresh_clone_path(tmp_path_factory):
 @pytest.mark.parametrize('target, args', documented_commands())
 def test_documented_command_runs(target, args, tmp_path, fresh_clone_path):
   if target == 'launch.py':
-    args = args.replace('DIR', str(tmp_path / 'work')).split() + ['--only_check_args']
+    args = shlex.split(args.replace('DIR', str(tmp_path / 'work'))) + ['--only_check_args']
+    if not any(a.startswith('--workdir=') for a in args):  # a fragment quoted in the prose
+      args.append(f'--workdir={tmp_path / "work"}')
   else:
     args = ['--help']
   result = subprocess.run(
