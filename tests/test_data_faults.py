@@ -33,7 +33,7 @@ def damaged(prepared, tmp_path):
   """(data_dir, version folder) of a fresh copy of the prepared set."""
   data_dir = tmp_path / 'tfds'
   shutil.copytree(prepared, data_dir)
-  (folder,) = glob.glob(str(data_dir / 'synthetic_shapes' / '*' / '1.0.0'))
+  (folder,) = glob.glob(str(data_dir / 'synthetic_shapes' / '*' / '*.*.*'))  # config/version
   return data_dir, folder
 
 
