@@ -1,7 +1,9 @@
-"""Entry point: parse flags, then train, evaluate the latest checkpoint, or run a sweep.
+"""Entry point: parse flags, then train, evaluate or apply the latest checkpoint, or sweep.
 
 python launch.py --config=configs/synthetic.py --workdir=/tmp/aaf
 python launch.py --config=configs/synthetic.py --workdir=/tmp/aaf --mode=eval
+python launch.py --config=configs/synthetic.py --workdir=/tmp/aaf --mode=predict \
+    --input=photos/ --output=/tmp/aaf/predictions
 python launch.py --config=configs/synthetic.py --workdir=/tmp/sweep --mode=sweep \
     --sweep='loss.margin=[1.0,2.0,3.0]' --seeds=3
 
@@ -33,10 +35,13 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs
 _MODE = flags.DEFINE_enum(
   'mode',
   'train',
-  ['train', 'eval', 'sweep'],
+  ['train', 'eval', 'sweep', 'predict'],
   'train: train then evaluate; eval: evaluate the latest checkpoint into '
-  'WORKDIR/eval-DATASET-SPLIT.json; sweep: train every run of a grid (see aaf_jax/sweep.py).',
+  'WORKDIR/eval-DATASET-SPLIT.json; sweep: train every run of a grid (see aaf_jax/sweep.py); '
+  'predict: segment the images of --input with the latest checkpoint into --output.',
 )
+_INPUT = flags.DEFINE_string('input', None, '--mode=predict: a folder of images or a glob.')
+_OUTPUT = flags.DEFINE_string('output', None, '--mode=predict: the folder for the predictions.')
 _SWEEP = flags.DEFINE_multi_string(
   'sweep',
   [],
@@ -203,6 +208,16 @@ def main(argv):
           'instead of the multi-process flags.'
         )
       _run_sweep(_CONFIG.value, _WORKDIR.value)
+      return
+    if _MODE.value == 'predict':
+      if _job_requested():
+        raise errors.UserError(
+          '--mode=predict runs in one process, without the multi-process flags.'
+        )
+      from aaf_jax import predict  # after flag parsing: --help stays fast
+
+      if predict.run(_CONFIG.value, _WORKDIR.value, _INPUT.value, _OUTPUT.value):
+        _leave(1)  # the unreadable images were named above; the others are written
       return
     from aaf_jax import distributed  # after flag parsing: --help stays fast
 

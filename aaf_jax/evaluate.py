@@ -1,23 +1,28 @@
 """Evaluation: the recipe's inference (whole image or sliding window, scales, flip), one
-confusion matrix over the split, mIoU and friends, and boundary IoU (boundary.py).
+confusion matrix over the split, mIoU and friends, boundary IoU (boundary.py) and the
+instance-aware scores (instance_iou.py).
 
-The eval iterator pads every image to a fixed shape with ignore labels and pads the last batch
-with `valid=False` examples, so each image counts exactly once and the step compiles once.
-Inference treats that padded canvas as the image (where each example's real image ends is not
-known inside the jitted step); the padding carries label 255, so it never counts.
+The eval iterator pads every image to a fixed canvas with ignore labels, gives each example's
+own size, and pads the last batch with `valid=False` examples, so each image counts exactly
+once. Inference runs each image at its own size, as the authors do: sliding windows, scales
+and flips are placed by the image's size inside the canvas, in one compiled step; whole-image
+inference crops the batch to each distinct image size (one compile per size).
 """
 
+import datetime
 import json
 import math
 import os
 import tempfile
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.experimental import multihost_utils
 
-from aaf_jax import boundary, sharding
+from aaf_jax import boundary, instance_iou, sharding
 
 
 def check_eval_options(
@@ -62,6 +67,13 @@ def window_starts(length: int, window: int, stride: int) -> list[int]:
   return [int(end) - window for end in np.linspace(window, length, count)]
 
 
+def scaled_length(length, scale: float):
+  """The authors' scaled size, int32(float32(length) * scale), at least 1 (an int or an array)."""
+  if isinstance(length, (int, np.integer)):
+    return max(1, int(np.float32(length) * np.float32(scale)))
+  return jnp.maximum(1, (length.astype(jnp.float32) * jnp.float32(scale)).astype(jnp.int32))
+
+
 def _resize(x, height: int, width: int):
   """Bilinear resize of [N,h,w,K] to [N,height,width,K], without antialiasing (as TF's)."""
   if x.shape[1:3] == (height, width):
@@ -71,43 +83,91 @@ def _resize(x, height: int, width: int):
   )
 
 
+def _resize_axis(x, in_lengths, out_lengths, out_canvas: int, axis: int):
+  """Bilinear resize along `axis` (1 or 2) of each example's first in_lengths[i] entries to
+  out_lengths[i] entries, in a canvas of `out_canvas` entries that is zero past the image.
+
+  Half-pixel centres, edge clamping, no antialiasing: `_resize` (and OpenCV's INTER_LINEAR)
+  for lengths that may be traced values, so one compiled step serves every image size.
+  """
+  in_lengths = in_lengths[:, None]  # [N,1]
+  out_lengths = out_lengths[:, None]
+  positions = jnp.arange(out_canvas, dtype=jnp.float32)[None]  # [1,L]
+  ratio = in_lengths.astype(jnp.float32) / out_lengths.astype(jnp.float32)
+  centres = jnp.maximum((positions + 0.5) * ratio - 0.5, 0.0)  # [N,L]
+  floors = jnp.floor(centres)
+  lower = jnp.minimum(floors.astype(jnp.int32), in_lengths - 1)
+  upper = jnp.minimum(lower + 1, in_lengths - 1)
+  shape = [x.shape[0], 1, 1, 1]
+  shape[axis] = out_canvas
+  low = jnp.take_along_axis(x, lower.reshape(shape), axis=axis)
+  high = jnp.take_along_axis(x, upper.reshape(shape), axis=axis)
+  resized = low + (high - low) * (centres - floors).reshape(shape)
+  return jnp.where((positions < out_lengths).reshape(shape), resized, 0.0)
+
+
+def resize_in_canvas(x, in_sizes, out_sizes, canvas: tuple[int, int]):
+  """[N,H,W,K] whose example i fills its top-left in_sizes[i] = (h, w) -> [N,*canvas,K] with
+  that region resized to out_sizes[i] at the top left and zeros elsewhere."""
+  x = _resize_axis(x, in_sizes[:, 0], out_sizes[:, 0], canvas[0], axis=1)
+  return _resize_axis(x, in_sizes[:, 1], out_sizes[:, 1], canvas[1], axis=2)
+
+
+def _mirror(x, widths):
+  """Mirror the first widths[i] columns of each example of [N,H,W,K]; the rest become 0."""
+  columns = jnp.arange(x.shape[2])[None]  # [1,W]
+  inside = columns < widths[:, None]  # [N,W]
+  index = jnp.where(inside, widths[:, None] - 1 - columns, columns)
+  mirrored = jnp.take_along_axis(x, index[:, None, :, None], axis=2)
+  return jnp.where(inside[:, None, :, None], mirrored, 0.0)
+
+
 def _window_probs(apply_fn, images):
   """Softmax of the logits upsampled to the input size: [N,h,w,3] -> [N,h,w,C]."""
   logits = apply_fn(images).astype(jnp.float32)
   return jax.nn.softmax(_resize(logits, *images.shape[1:3]), axis=-1)
 
 
-def _sliding_probs(apply_fn, images, num_classes: int, window: int, stride: int):
-  """Window-averaged probabilities [N,h,w,C]: one network call per window, in a scan.
+def _sliding_probs(apply_fn, images, sizes, num_classes: int, window: int, stride: int):
+  """Window-averaged probabilities [N,H,W,C] of images [N,H,W,3] (H, W >= window).
 
-  The image is zero-padded at the bottom/right up to one window where it is smaller.
+  Example i is its top-left sizes[i] region, zero elsewhere, as the authors zero-pad an image
+  smaller than a window. Its windows are `window_starts` of its own size; the loop runs as many
+  times as the batch's largest window count, and examples with fewer windows add nothing.
   """
   n, height, width, channels = images.shape
-  canvas_h, canvas_w = max(height, window), max(width, window)
-  images = jnp.pad(images, ((0, 0), (0, canvas_h - height), (0, canvas_w - width), (0, 0)))
-  offsets = np.array(
-    [
-      (y, x)
-      for y in window_starts(height, window, stride)
-      for x in window_starts(width, window, stride)
-    ],
-    np.int32,
-  )
-  coverage = np.zeros((canvas_h, canvas_w), np.float32)
-  for y, x in offsets:
-    coverage[y : y + window, x : x + window] += 1
+  lengths = jnp.maximum(sizes, window)  # [N,2] the image padded up to one window
+  counts = (lengths - window + stride - 1) // stride + 1  # [N,2] windows along each axis
+  gaps = jnp.maximum(counts - 1, 1)
+  num_windows = counts[:, 0] * counts[:, 1]  # [N]
 
-  def add_window(total, offset):
-    corner = (0, offset[0], offset[1], 0)
-    crop = jax.lax.dynamic_slice(images, corner, (n, window, window, channels))
-    probs = _window_probs(apply_fn, crop)  # [N,window,window,C]
-    current = jax.lax.dynamic_slice(total, corner, probs.shape)
-    return jax.lax.dynamic_update_slice(total, current + probs, corner), None
+  def window_corners(k):
+    grid = jnp.stack([k // counts[:, 1], k % counts[:, 1]], axis=1)  # [N,2] row, column
+    # The integer form of window_starts' linspace: the same offsets, with no float rounding.
+    return jnp.where((k < num_windows)[:, None], grid * (lengths - window) // gaps, 0)
 
-  total, _ = jax.lax.scan(
-    add_window, jnp.zeros((n, canvas_h, canvas_w, num_classes)), jnp.asarray(offsets)
-  )
-  return (total / coverage[:, :, None])[:, :height, :width]
+  def crop(image, corner):
+    return jax.lax.dynamic_slice(image, (corner[0], corner[1], 0), (window, window, channels))
+
+  def add(total, probs, corner):
+    start = (corner[0], corner[1], 0)
+    current = jax.lax.dynamic_slice(total, start, probs.shape)
+    return jax.lax.dynamic_update_slice(total, current + probs, start)
+
+  def add_window(k, total):
+    corners = window_corners(k)
+    probs = _window_probs(apply_fn, jax.vmap(crop)(images, corners))  # [N,window,window,C]
+    coverage = jnp.ones(probs.shape[:3] + (1,), probs.dtype)
+    counted = (k < num_windows).astype(probs.dtype)[:, None, None, None]
+    return jax.vmap(add)(total, counted * jnp.concatenate([probs, coverage], -1), corners)
+
+  total = jax.lax.fori_loop(
+    0,
+    jnp.max(num_windows),
+    add_window,
+    jnp.zeros((n, height, width, num_classes + 1), jnp.float32),
+  )  # [..., :C] summed probabilities, [..., C] how many windows covered the pixel
+  return total[..., :num_classes] / jnp.maximum(total[..., num_classes:], 1.0)
 
 
 def predict_probs(
@@ -115,6 +175,7 @@ def predict_probs(
   images,
   num_classes: int,
   *,
+  sizes=None,
   window: int = 0,
   stride: int = 0,
   scales=(1.0,),
@@ -122,30 +183,65 @@ def predict_probs(
 ):
   """Class probabilities [N,H,W,C] of images [N,H,W,3], summed over scales and flips.
 
-  Per scale (image resized to round(scale*H) x round(scale*W)): softmax probabilities of the
-  whole image, or averaged over sliding windows where they overlap; with `flip` also of the
-  mirrored image, mirrored back; each resized to H x W and added up, as the authors'
-  inference averages probabilities. `apply_fn(images) -> logits` at any output stride.
+  As the authors' inference: per scale, the image resized to int(scale*h) x int(scale*w);
+  softmax probabilities of the whole image, or averaged over sliding windows where they
+  overlap (an image smaller than a window zero-padded at the bottom/right); with `flip` also of
+  the mirrored image, mirrored back; each resized to h x w and added up.
+  `apply_fn(images) -> logits` at any output stride.
+
+  With sliding windows, `sizes` [N,2] (default: all of H, W) says that example i is the
+  top-left sizes[i] = (h, w) region of its canvas: it is processed exactly as if run alone at
+  that size, and its probabilities are zero outside it. Whole-image inference has to see the
+  image at its own shape (pyramid pooling spans the input), so it takes no `sizes`: crop the
+  batch to one image size instead (`run_evaluation` does).
   """
   n, height, width, _ = images.shape
+  if sizes is not None and not window:
+    raise ValueError(
+      'predict_probs: whole-image inference (window=0) takes no `sizes`; '
+      'pass images cropped to their own size'
+    )
+  canvas_sizes = jnp.broadcast_to(jnp.array([height, width], jnp.int32), (n, 2))
+  sizes = canvas_sizes if sizes is None else jnp.asarray(sizes, jnp.int32)
   views = 2 if flip else 1
   total = jnp.zeros((n, height, width, num_classes), jnp.float32)
   for scale in scales:
-    scaled = _resize(images, max(1, round(scale * height)), max(1, round(scale * width)))
-    if flip:  # an example's views sit side by side, so the batch sharding keeps them local
-      scaled = jnp.stack([scaled, scaled[:, :, ::-1]], axis=1).reshape(
-        (n * views,) + scaled.shape[1:]
+    if window:
+      scaled_sizes = scaled_length(sizes, scale)  # [N,2]
+      canvas = (
+        max(window, scaled_length(height, scale)),
+        max(window, scaled_length(width, scale)),
       )
-    probs = (
-      _sliding_probs(apply_fn, scaled, num_classes, window, stride)
-      if window
-      else _window_probs(apply_fn, scaled)
-    )
-    probs = _resize(probs, height, width).reshape(n, views, height, width, num_classes)
+      scaled = resize_in_canvas(images, sizes, scaled_sizes, canvas)
+      if flip:  # an example's views sit side by side, so the batch sharding keeps them local
+        mirrored = _mirror(scaled, scaled_sizes[:, 1])
+        scaled = jnp.stack([scaled, mirrored], axis=1).reshape((n * views,) + scaled.shape[1:])
+      view_sizes, view_scaled_sizes = (jnp.repeat(s, views, axis=0) for s in (sizes, scaled_sizes))
+      probs = _sliding_probs(apply_fn, scaled, view_scaled_sizes, num_classes, window, stride)
+      probs = resize_in_canvas(probs, view_scaled_sizes, view_sizes, (height, width))
+    else:
+      scaled = _resize(images, scaled_length(height, scale), scaled_length(width, scale))
+      if flip:
+        scaled = jnp.stack([scaled, scaled[:, :, ::-1]], axis=1).reshape(
+          (n * views,) + scaled.shape[1:]
+        )
+      probs = _resize(_window_probs(apply_fn, scaled), height, width)
+    probs = probs.reshape(n, views, height, width, num_classes)
     total = total + probs[:, 0]
     if flip:
-      total = total + probs[:, 1, :, ::-1]
+      total = total + _mirror(probs[:, 1], sizes[:, 1])
   return total
+
+
+class EvalStep:
+  """The jitted eval step, and whether it needs batches cropped to one image size."""
+
+  def __init__(self, step, whole_image: bool):
+    self.step = step
+    self.whole_image = whole_image
+
+  def __call__(self, variables, batch):
+    return self.step(variables, batch)
 
 
 def make_eval_step(
@@ -158,13 +254,17 @@ def make_eval_step(
   flip: bool = False,
   boundary_width: int = boundary.DEFAULT_WIDTH,
 ):
-  """(variables, batch) -> (confusion [C,C] int32, boundary counts [2,C] int32, predictions
-  [N,H,W] int32).
+  """(variables, batch) -> (sums, predictions [N,H,W] int32).
+
+  `sums` holds what the split's scores add up over batches: 'confusion' [C,C] int32 (truth,
+  prediction), 'boundary' [2,C] int32 (`boundary.boundary_counts` at `boundary_width` px), and
+  where the batch carries instance masks, 'voc_instance' (batch['instance'])
+  or 'cityscapes_instance' (batch['instance_id']), see `instance_iou`.
 
   Predictions are the argmax of `predict_probs` (the defaults: the whole image at scale 1,
   logits upsampled bilinearly to the input size); a pixel counts when its label is a class
-  (not 255) and its example is not padding. The boundary counts are `boundary.boundary_counts`
-  at `boundary_width` px.
+  (not 255) and its example is not padding. With sliding windows, `batch['size']` [N,2] (when
+  present) gives each image's own size inside the padded canvas.
   """
   check_eval_options(window, stride, scales, flip, boundary_width)
   scales = tuple(float(s) for s in scales)
@@ -173,33 +273,48 @@ def make_eval_step(
     images, labels = batch['image'], batch['label']
     apply_fn = lambda x: model.apply(variables, x, train=False)['logits']
     probs = predict_probs(
-      apply_fn, images, num_classes, window=window, stride=stride, scales=scales, flip=flip
+      apply_fn,
+      images,
+      num_classes,
+      sizes=batch.get('size') if window else None,
+      window=window,
+      stride=stride,
+      scales=scales,
+      flip=flip,
     )
     preds = jnp.argmax(probs, axis=-1).astype(jnp.int32)
     counted = (labels >= 0) & (labels < num_classes) & batch['valid'][:, None, None]
     index = jnp.where(counted, labels * num_classes + preds, num_classes * num_classes)
     confusion = jnp.bincount(index.reshape(-1), length=num_classes * num_classes + 1)
-    confusion = confusion[:-1].reshape(num_classes, num_classes).astype(jnp.int32)
-    return (
-      confusion,
-      boundary.boundary_counts(labels, preds, counted, num_classes, boundary_width),
-      preds,
-    )
+    sums = {
+      'confusion': confusion[:-1].reshape(num_classes, num_classes).astype(jnp.int32),
+      'boundary': boundary.boundary_counts(labels, preds, counted, num_classes, boundary_width),
+    }
+    if 'instance' in batch:  # VOC's SegmentationObject values
+      sums['voc_instance'] = instance_iou.voc_instance_sums(
+        labels, preds, batch['instance'], counted, num_classes
+      )
+    if 'instance_id' in batch:  # Cityscapes' gtFine instanceIds
+      sums['cityscapes_instance'] = instance_iou.cityscapes_instance_sums(
+        preds, batch['instance_id'], batch['valid'], num_classes
+      )
+    return sums, preds
 
   return eval_step
 
 
-def jit_eval_step(model, num_classes: int, mesh, variables_sharding, **options):
-  """The jitted eval step over the mesh; `options` are make_eval_step's (config.eval)."""
-  return jax.jit(
+def jit_eval_step(model, num_classes: int, mesh, variables_sharding, **options) -> EvalStep:
+  """The jitted eval step over the mesh; `options` are make_eval_step's (config.eval).
+
+  Sliding-window inference compiles once and runs each image at its own size inside the padded
+  canvas; whole-image inference compiles once per distinct image size (see `run_evaluation`).
+  """
+  step = jax.jit(
     make_eval_step(model, num_classes, **options),
     in_shardings=(variables_sharding, sharding.batch_sharding(mesh)),
-    out_shardings=(
-      sharding.replicated(mesh),
-      sharding.replicated(mesh),
-      sharding.batch_sharding(mesh),
-    ),
+    out_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
   )
+  return EvalStep(step, whole_image=not options.get('window'))
 
 
 def scores(confusion: np.ndarray, class_names) -> dict:
@@ -223,29 +338,141 @@ def scores(confusion: np.ndarray, class_names) -> dict:
   }
 
 
-def run_evaluation(eval_step, variables, batches, mesh, num_classes: int, num_keep: int = 0):
-  """(confusion [C,C], boundary counts [2,C], kept examples) summed over every batch.
+def _image_sizes_of_the_global_batch(local: dict) -> list[tuple[int, int]]:
+  """Distinct (h, w) of the valid examples over every process's piece of the batch, sorted."""
+  sizes = np.asarray(local['size'])[np.asarray(local['valid'])]
+  if jax.process_count() > 1:  # every process must run the same steps
+    counts = multihost_utils.process_allgather(np.int32(len(sizes)))
+    padded = np.zeros((len(local['valid']), 2), np.int32)
+    padded[: len(sizes)] = sizes
+    gathered = multihost_utils.process_allgather(padded)
+    sizes = np.concatenate([g[:c] for g, c in zip(gathered, counts)])
+  return sorted({(int(h), int(w)) for h, w in sizes})
 
-  Each batch's counts are fetched after the next batch is dispatched, so the host never waits
-  on the device between batches; the sums are kept on the host in int64 (a large split's pixel
-  counts overflow int32). The first `num_keep` examples are kept as (image, label, prediction).
+
+def _pieces(eval_step, local: dict):
+  """The batch as the step takes it: whole, or, for whole-image inference, once per distinct
+  image size, cropped to that size and counting only the examples of that size."""
+  if not getattr(eval_step, 'whole_image', False) or 'size' not in local:
+    yield local
+    return
+  height, width = local['label'].shape[1:3]
+  for h, w in _image_sizes_of_the_global_batch(local):
+    if (h, w) == (height, width):
+      piece = dict(local)
+    else:
+      piece = {k: v[:, :h, :w] if v.ndim >= 3 else v for k, v in local.items()}  # maps only
+    piece['valid'] = local['valid'] & np.all(local['size'] == (h, w), axis=1)
+    yield piece
+
+
+PROGRESS_EVERY_S = 60.0  # how often evaluation logs its progress
+
+
+class _Progress:
+  """Logs images done, images/s and the ETA every PROGRESS_EVERY_S seconds, and the time."""
+
+  def __init__(self, num_images: int | None):
+    self.num_images, self.every_s = num_images, PROGRESS_EVERY_S
+    self.done = 0
+    self.start = self.last = time.monotonic()
+
+  def update(self, local: dict) -> None:
+    self.done += len(local['valid']) * jax.process_count()
+    if self.num_images:
+      self.done = min(self.done, self.num_images)
+    now = time.monotonic()
+    if now - self.last < self.every_s:
+      return
+    self.last = now
+    rate = self.done / (now - self.start)
+    if self.num_images:
+      eta = datetime.timedelta(seconds=round((self.num_images - self.done) / rate))
+      logging.info(
+        'Evaluation: %d/%d images (%.0f%%), %.2f images/s, ETA %s',
+        self.done,
+        self.num_images,
+        100 * self.done / self.num_images,
+        rate,
+        eta,
+      )
+    else:
+      logging.info('Evaluation: %d images, %.2f images/s', self.done, rate)
+
+  def finish(self) -> float:
+    seconds = time.monotonic() - self.start
+    logging.info(
+      'Evaluation of %d images took %s (%.2f images/s, the first batch includes compiling)',
+      self.done,
+      datetime.timedelta(seconds=round(seconds)),
+      self.done / max(seconds, 1e-9),
+    )
+    return seconds
+
+
+def run_evaluation(eval_step, variables, batches, mesh, num_classes: int, num_keep: int = 0):
+  """Add up the step's sums over every batch; keep the first `num_keep` examples.
+
+  Returns ({'confusion': int64 [C,C], ...the step's other sums in float64}, kept examples).
+  Each batch's sums are fetched after the next batch is dispatched, so the host never waits on
+  the device between batches; they are added on the host in 64 bits (a large split's pixel
+  counts overflow int32). Progress (images done, ETA) and the time taken go to the log.
   """
-  confusion = np.zeros((num_classes, num_classes), np.int64)
-  boundary_counts = np.zeros((2, num_classes), np.int64)
+  totals = {'confusion': np.zeros((num_classes, num_classes), np.int64)}
   kept, previous = [], None
+
+  def add(sums):
+    for key, value in jax.device_get(sums).items():
+      value = np.asarray(value)
+      value = value.astype(np.int64 if np.issubdtype(value.dtype, np.integer) else np.float64)
+      totals[key] = totals[key] + value if key in totals else value
+
+  progress = _Progress(getattr(batches, 'num_examples', None))
   for local in batches:
-    batch = sharding.global_batch(local, mesh)
-    batch_confusion, batch_boundary, preds = eval_step(variables, batch)
-    if previous is not None:
-      confusion += np.asarray(jax.device_get(previous[0]), np.int64)
-      boundary_counts += np.asarray(jax.device_get(previous[1]), np.int64)
-    previous = batch_confusion, batch_boundary
-    if len(kept) < num_keep:
-      kept.extend(_first_examples(batch, preds, num_keep - len(kept)))
+    for piece in _pieces(eval_step, local):
+      batch = sharding.global_batch(piece, mesh)
+      sums, preds = eval_step(variables, batch)
+      if previous is not None:
+        add(previous)
+      previous = sums
+      if len(kept) < num_keep:
+        canvas = local['label'].shape[1:]
+        kept.extend(
+          _in_canvas(example, canvas)
+          for example in _first_examples(batch, preds, num_keep - len(kept))
+        )
+    progress.update(local)
   if previous is not None:
-    confusion += np.asarray(jax.device_get(previous[0]), np.int64)
-    boundary_counts += np.asarray(jax.device_get(previous[1]), np.int64)
-  return confusion, boundary_counts, kept
+    add(previous)
+  progress.finish()
+  return totals, kept
+
+
+def summarize(sums: dict, class_names) -> dict:
+  """The split's scores from `run_evaluation`'s sums: mIoU, pixel accuracy, per-class IoU, and
+  the instance-aware scores whose sums are there (VOC instance-wise mIoU, Cityscapes iIoU)."""
+  results = scores(sums['confusion'], class_names)
+  if 'boundary' in sums:
+    results.update(boundary.scores(sums['boundary'], class_names))
+  if 'voc_instance' in sums:
+    results.update(instance_iou.voc_instance_scores(sums['voc_instance'], class_names))
+  if 'cityscapes_instance' in sums:
+    results.update(
+      instance_iou.cityscapes_scores(sums['confusion'], sums['cityscapes_instance'], class_names)
+    )
+  return results
+
+
+def _in_canvas(example, canvas) -> tuple:
+  """(image, label, prediction) of a batch cropped to one image size, padded back to the
+  canvas (image 0, label 255, prediction 0) so every kept example has one shape."""
+  image, label, pred = (np.asarray(x) for x in example)
+  pad = [(0, canvas[0] - label.shape[0]), (0, canvas[1] - label.shape[1])]
+  return (
+    np.pad(image, pad + [(0, 0)]),
+    np.pad(label, pad, constant_values=255),
+    np.pad(pred, pad),
+  )
 
 
 def _first_examples(batch: dict, preds, count: int) -> list:
@@ -265,16 +492,28 @@ def _first_examples(batch: dict, preds, count: int) -> list:
 
 
 def format_table(results: dict) -> str:
-  """The per-class IoU and boundary IoU table and the summary lines, for the log."""
+  """The per-class table (IoU, boundary IoU, and the instance-aware columns when present) and
+  the summary lines, for the log."""
+  columns = [
+    (title, results[key])
+    for title, key in (
+      ('boundary IoU', 'per_class_boundary_iou'),
+      ('inst. IoU', 'per_class_instance_iou'),
+      ('iIoU', 'per_class_iiou'),
+    )
+    if key in results
+  ]
 
   def cell(value):
     return f'{"-" if value is None else f"{100 * value:.2f}":>12}'
 
-  boundary_ious = results.get('per_class_boundary_iou', {})
-  rows = [f'{"class":<20} {"IoU":>12} {"boundary IoU":>12}']
+  rows = [f'{"class":<20} {"IoU":>12}' + ''.join(f' {title:>12}' for title, _ in columns)]
   for name, iou in results['per_class_iou'].items():
-    rows.append(f'{name:<20} {cell(iou)} {cell(boundary_ious.get(name))}')
+    rows.append(f'{name:<20} {cell(iou)}' + ''.join(f' {cell(c.get(name))}' for _, c in columns))
   rows.append(f'{"mean":<20} {cell(results["miou"])} {cell(results.get("boundary_iou"))}')
+  for title, key in (('instance-wise mIoU', 'instance_miou'), ('iIoU', 'iiou')):
+    if key in results:
+      rows.append(f'{title:<20} {cell(results[key])}')
   rows.append(f'{"pixel accuracy":<20} {cell(results["pixel_acc"])}')
   return '\n'.join(rows)
 

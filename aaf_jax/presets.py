@@ -10,6 +10,10 @@ import copy
 BACKBONES = ('resnet10', 'resnet18', 'resnet34', 'resnet50', 'resnet101', 'resnet152')
 LAYOUTS = ('torchvision', 'slim')
 STEMS = ('standard', 'deep')
+# Head initialisers: 'he' is PSPNet's and DeepLab's convention (He-normal convs, a N(0, 0.01)
+# classifier with zero bias); 'tf1_glorot' is TF1's `tf.get_variable` default that the authors'
+# PSPNet head gets: Glorot uniform for every kernel and for the classifier's bias.
+HEAD_INITS = ('he', 'tf1_glorot')
 
 # Options every registered network takes (the backbone and the auxiliary head), with defaults.
 _SEGMENTER_OPTIONS = dict(
@@ -20,8 +24,10 @@ _SEGMENTER_OPTIONS = dict(
   stem_width=64,
   stem='standard',
   stem_pool=True,
-  bn_momentum=0.9,
+  bn_momentum=0.9,  # the backbone's BatchNorms
   bn_epsilon=1e-5,
+  head_bn_momentum=0.9,  # the heads' BatchNorms
+  head_bn_epsilon=1e-5,
   freeze_bn=False,
   dropout=0.0,
   aux_head=False,
@@ -30,7 +36,7 @@ _SEGMENTER_OPTIONS = dict(
 
 # Every option of each network `config.model.name` names, with its default.
 NETWORK_OPTIONS = {
-  'pspnet': dict(_SEGMENTER_OPTIONS, head_width=512, bins=(1, 2, 3, 6)),
+  'pspnet': dict(_SEGMENTER_OPTIONS, head_width=512, bins=(1, 2, 3, 6), head_init='he'),
   'deeplabv2': dict(_SEGMENTER_OPTIONS, aspp_rates=(6, 12, 18, 24)),
   'deeplabv3': dict(_SEGMENTER_OPTIONS, head_width=256, aspp_rates=()),
 }
@@ -54,20 +60,37 @@ PRESETS = {
     head_width=32,
     bins=(1, 2, 3, 6),
   ),
-  # The paper's network: PSPNet on a slim-layout ResNet-101 at output stride 8.
+  # The paper's network: PSPNet on a slim-layout ResNet-101 at output stride 8, with the
+  # authors' BatchNorm (decay 0.9997 in the backbone, 0.99 in the head, epsilon 1e-3: their
+  # network/common/layers.py and seg_models/models/pspnet.py) and TF1's default initialisers
+  # in the head.
   'pspnet_resnet101': dict(
     name='pspnet',
     backbone='resnet101',
     layout='slim',
     output_stride=8,
     head_width=512,
-    bn_momentum=0.997,
+    bn_momentum=0.9997,
+    bn_epsilon=1e-3,
+    head_bn_momentum=0.99,
+    head_bn_epsilon=1e-3,
+    head_init='tf1_glorot',
   ),
   'deeplabv2_resnet101': dict(
-    name='deeplabv2', backbone='resnet101', layout='slim', output_stride=8, bn_momentum=0.997
+    name='deeplabv2',
+    backbone='resnet101',
+    layout='slim',
+    output_stride=8,
+    bn_momentum=0.997,
+    head_bn_momentum=0.997,
   ),
   'deeplabv3_resnet101': dict(
-    name='deeplabv3', backbone='resnet101', layout='slim', output_stride=16, bn_momentum=0.997
+    name='deeplabv3',
+    backbone='resnet101',
+    layout='slim',
+    output_stride=16,
+    bn_momentum=0.997,
+    head_bn_momentum=0.997,
   ),
 }
 

@@ -14,7 +14,6 @@ import numpy as np
 from absl import logging
 
 from aaf_jax import (
-  boundary,
   checkpoint,
   distributed,
   errors,
@@ -102,11 +101,10 @@ class Evaluator:
       process_count=jax.process_count(),
     )
     with jax.set_mesh(run.mesh):
-      confusion, boundary_counts, examples = evaluate.run_evaluation(
+      sums, examples = evaluate.run_evaluation(
         self._step, variables, batches, run.mesh, run.info.num_classes, num_keep
       )
-    results = evaluate.scores(confusion, run.info.class_names)
-    results.update(boundary.scores(boundary_counts, run.info.class_names))
+    results = evaluate.summarize(sums, run.info.class_names)
     results['boundary_width'] = config.eval.boundary_width
     return results, examples
 

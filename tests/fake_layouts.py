@@ -93,12 +93,17 @@ def make_voc_tree(
 
 
 def make_cityscapes_tree(
-  root: pathlib.Path, cities: dict[str, dict[str, int]], label_ids: dict[str, np.ndarray]
+  root: pathlib.Path,
+  cities: dict[str, dict[str, int]],
+  label_ids: dict[str, np.ndarray],
+  instances: dict[str, np.ndarray] | None = None,
 ) -> dict[str, int]:
   """Writes leftImg8bit/ and gtFine/ for {split: {city: frames}}; returns {stem: seed}.
 
-  label_ids[stem] gives the labelIds image of that example (default: all road, id 7).
+  label_ids[stem] gives the labelIds image of that example (default: all road, id 7),
+  instances[stem] its instanceIds (default: the labelIds, no objects).
   """
+  instances = instances or {}
   seeds = {}
   for split, per_city in cities.items():
     for city, frames in per_city.items():
@@ -110,6 +115,9 @@ def make_cityscapes_tree(
         ids = label_ids.get(stem, np.full((H, W), 7, np.uint8))
         label_path = root / 'gtFine' / split / city / f'{prefix}_gtFine_labelIds.png'
         write_grey_png(label_path, ids)
+        instance_ids = instances.get(stem, ids.astype(np.uint16))
+        instance_path = root / 'gtFine' / split / city / f'{prefix}_gtFine_instanceIds.png'
+        Image.fromarray(instance_ids.astype(np.uint16)).save(instance_path)
   return seeds
 
 

@@ -66,9 +66,10 @@ def check_evaluation(data_dir):
   )
   batches = pipeline.make_eval_iterator(config.data, split='validation', global_batch_size=8)
   with jax.set_mesh(mesh):
-    confusion, kept = evaluate.run_evaluation(
+    sums, kept = evaluate.run_evaluation(
       eval_step, jnp.zeros(()), batches, mesh, info.num_classes, NUM_KEEP
     )
+  confusion = sums['confusion']
   expected_confusion, expected_kept = _reference(config.data, info.num_classes)
   np.testing.assert_array_equal(confusion, expected_confusion)
   assert len(kept) == len(expected_kept) == NUM_KEEP, (len(kept), len(expected_kept))

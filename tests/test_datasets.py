@@ -126,10 +126,13 @@ def test_label_id_table_covers_every_cityscapes_id():
 
 def test_cityscapes_splits_and_label_mapping(tmp_path):
   all_ids = all_label_ids_image()
+  objects = np.full((fl.H, fl.W), 7, np.uint16)
+  objects[:3, :4], objects[3:, :4], objects[:, 6:] = 26000, 26001, 24  # two cars, a crowd
   seeds = fl.make_cityscapes_tree(
     tmp_path / 'manual',
     {'train': {'aachen': 2, 'bremen': 1}, 'val': {'lindau': 1}},
     {'bremen_000000_000000_leftImg8bit': all_ids},
+    {'lindau_000000_000000_leftImg8bit': objects},
   )
   builder = prepare('cityscapes', tmp_path / 'manual', tmp_path)
   train, val = read_split(builder, 'train'), read_split(builder, 'val')
@@ -144,6 +147,23 @@ def test_cityscapes_splits_and_label_mapping(tmp_path):
     train['bremen_000000_000000_leftImg8bit']['label'][..., 0], expected_train_ids(all_ids)
   )
   assert np.all(val['lindau_000000_000000_leftImg8bit']['label'] == 0)  # road
+  # The instanceIds come along, 16 bits, for the iIoU score.
+  stored = val['lindau_000000_000000_leftImg8bit']['instance_id']
+  assert stored.dtype == np.uint16
+  np.testing.assert_array_equal(stored[..., 0], objects)
+  # ... and reach the evaluation batches, padded with 0 (no instance).
+  import ml_collections
+
+  from aaf_jax.data import pipeline
+
+  data_cfg = ml_collections.ConfigDict({
+        'name': 'cityscapes', 'data_dir': str(tmp_path / 'tfds'), 'manual_dir': None,
+        'train_split': 'train', 'eval_split': 'val', 'mean': (0.0, 0.0, 0.0),
+        'eval_size': (fl.H + 1, fl.W), 'prefetch': 1,
+    })  # fmt: skip
+  (batch,) = pipeline.make_eval_iterator(data_cfg, split='val', global_batch_size=2)
+  np.testing.assert_array_equal(batch['instance_id'][0, : fl.H], objects)
+  assert not batch['instance_id'][0, fl.H :].any() and not batch['instance_id'][1].any()
 
 
 # ----------------------------------------------------------------------------- GTA5
@@ -266,6 +286,18 @@ def test_cityscapes_bad_input(tmp_path):
   fl.make_cityscapes_tree(manual, {'train': {'aachen': 2}, 'val': {'lindau': 1}}, {})
   label = manual / 'gtFine/train/aachen/aachen_000000_000001_gtFine_labelIds.png'
   image = manual / 'leftImg8bit/train/aachen/aachen_000000_000001_leftImg8bit.png'
+  instances = manual / 'gtFine/train/aachen/aachen_000000_000001_gtFine_instanceIds.png'
+
+  good_instances = instances.read_bytes()
+  instances.unlink()
+  with pytest.raises(ValueError, match='missing') as info:
+    prepare('cityscapes', manual, tmp_path)
+  assert str(instances) in str(info.value)
+  fl.write_grey_png(instances, np.full((fl.H - 1, fl.W), 7))
+  with pytest.raises(ValueError, match='size mismatch') as info:
+    prepare('cityscapes', manual, tmp_path)
+  assert str(instances) in str(info.value)
+  instances.write_bytes(good_instances)
 
   fl.write_grey_png(label, np.full((fl.H, fl.W), 40))
   with pytest.raises(ValueError, match='are not Cityscapes labelIds') as info:
@@ -417,6 +449,14 @@ def test_prepared_voc_feeds_the_pipeline(voc_prepared):
   labels = {tuple(fl.voc_masks(seeds[('voc', n)], 'voc')[0].ravel()) for n in VOC_TREE['voc_val']}
   assert {tuple(batch['label'][i, : fl.H].ravel()) for i in range(2)} == labels
   assert np.all(batch['label'][:2, fl.H :] == 255)
+  # The instance masks come along for the instance-wise mIoU, padded with the band value.
+  pairs = {tuple(np.concatenate([m.ravel() for m in fl.voc_masks(seeds[('voc', n)], 'voc')]))
+           for n in VOC_TREE['voc_val']}  # fmt: skip
+  assert {
+    tuple(np.concatenate([batch[k][i, : fl.H].ravel() for k in ('label', 'instance')]))
+    for i in range(2)
+  } == pairs
+  assert np.all(batch['instance'][:, fl.H :] == 255) and np.all(batch['instance'][2:] == 255)
   train = next(pipeline.make_train_iterator(data_cfg, global_batch_size=2, seed=0))
   assert train['image'].shape == (2, 6, 6, 3) and train['label'].shape == (2, 6, 6)
   assert set(np.unique(train['label'])) <= set(range(21)) | {255}

@@ -56,9 +56,8 @@ def test_eval_step_counts_valid_pixels_once():
     'valid': np.array([True, True]),
   }
   step = evaluate.jit_eval_step(Identity(3), 3, mesh, sharding.replicated(mesh))
-  confusion, boundary_counts, kept = evaluate.run_evaluation(
-    step, {}, [batch, second], mesh, 3, num_keep=5
-  )
+  sums, kept = evaluate.run_evaluation(step, {}, [batch, second], mesh, 3, num_keep=5)
+  confusion = sums['confusion']
   expected = np.zeros((3, 3), int)
   expected[0, 0] += 2
   expected[1, 1] += 2
@@ -71,8 +70,8 @@ def test_eval_step_counts_valid_pixels_once():
     counted = (b['label'] < 3) & b['valid'][:, None, None]
     return boundary.boundary_counts(b['label'], np.argmax(b['image'], -1), counted, 3, 3)
 
-  np.testing.assert_array_equal(boundary_counts, counts(batch) + counts(second))
-  assert boundary_counts[1].sum() > 0
+  np.testing.assert_array_equal(sums['boundary'], counts(batch) + counts(second))
+  assert sums['boundary'][1].sum() > 0
   assert len(kept) == 3
   np.testing.assert_array_equal(kept[0][2], preds[0])
   np.testing.assert_array_equal(kept[1][2], preds[1])
@@ -175,7 +174,8 @@ def test_scales_resize_the_input_and_sum_probabilities():
 
   scales = (0.5, 1.0, 1.25)
   probs = _probs(np.zeros((1, 10, 30, 3), np.float32), width_logits, scales=scales)
-  expected = sum(jax.nn.softmax(jnp.array([round(s * 30) / 10, 2.0, 0.0])) for s in scales)
+  # The authors' scaled width int(scale * 30): 15, 30, 37 (not round's 38).
+  expected = sum(jax.nn.softmax(jnp.array([int(s * 30) / 10, 2.0, 0.0])) for s in scales)
   np.testing.assert_allclose(probs[0, 4, 7], expected, rtol=1e-5)
   np.testing.assert_allclose(probs, np.broadcast_to(probs[:1, :1, :1], probs.shape), rtol=1e-5)
 
@@ -199,7 +199,7 @@ def _reference_probs(apply_fn, images, window, stride, scales, flip):
   n, height, width, _ = images.shape
   total = np.zeros((n, height, width, 3))
   for scale in scales:
-    h, w = round(scale * height), round(scale * width)
+    h, w = int(scale * height), int(scale * width)  # as tf.to_int32: truncation
     scaled = resize(images, h, w)
     for mirrored in [False, True] if flip else [False]:
       img = scaled[:, :, ::-1] if mirrored else scaled
@@ -229,6 +229,109 @@ def test_sliding_scales_and_flip_match_a_reference_loop():
   )
 
 
+class GlobalContext(nn.Module):
+  """A strided conv plus the input's mean: every output depends on the whole input, as PSPNet's
+  pyramid pooling does, so any padding that enters a run changes every logit."""
+
+  @nn.compact
+  def __call__(self, images, train=False):
+    local = nn.Conv(3, (3, 3), strides=2)(images)
+    return {'logits': local + nn.Dense(3)(images.mean(axis=(1, 2)))[:, None, None]}
+
+
+def _canvas_batch(sizes, canvas, seed=0):
+  """Images of `sizes` at the top left of a canvas whose padding is junk, not zeros: a result
+  that reads the padding differs from the image run alone."""
+  rng = np.random.default_rng(seed)
+  images = rng.normal(size=(len(sizes),) + canvas + (3,)).astype(np.float32) * 3
+  labels = np.full((len(sizes),) + canvas, 255, np.int32)
+  for i, (h, w) in enumerate(sizes):
+    labels[i, :h, :w] = rng.integers(0, 3, (h, w))
+  return {
+    'image': images,
+    'label': labels,
+    'size': np.array(sizes, np.int32),
+    'valid': np.ones(len(sizes), bool),
+  }
+
+
+@pytest.mark.parametrize(
+  'options',
+  [
+    dict(window=12, stride=8, scales=(0.5, 1.0, 1.25), flip=True),
+    dict(window=16, stride=5, scales=(0.75, 1.5), flip=False),
+  ],
+)
+def test_each_image_in_the_canvas_gets_its_own_size_result(options):
+  """Sliding windows, scales and flip on images of different sizes in one padded canvas equal
+  the authors' loop on each image alone (its own windows, no padding but theirs)."""
+  model = GlobalContext()
+  sizes = [(22, 31), (9, 14), (30, 40), (17, 40)]
+  batch = _canvas_batch(sizes, (30, 40), seed=4)
+  variables = model.init(jax.random.key(0), batch['image'][:1])
+  apply_fn = lambda x: model.apply(variables, x)['logits']
+  probs = jax.jit(lambda x, s: evaluate.predict_probs(apply_fn, x, 3, sizes=s, **options))(
+    batch['image'], batch['size']
+  )
+  probs = np.asarray(probs)
+  for i, (h, w) in enumerate(sizes):
+    alone = _reference_probs(apply_fn, batch['image'][i : i + 1, :h, :w], **options)
+    np.testing.assert_allclose(probs[i, :h, :w], alone[0], atol=2e-5, err_msg=str((h, w)))
+    assert not probs[i, h:].any() and not probs[i, :, w:].any()
+
+
+def test_whole_image_eval_runs_each_size_alone_one_compile_per_size():
+  """Whole-image inference crops the batch to each distinct size: the confusion matrix and the
+  predictions equal those of each image run alone, and the step compiles once per size."""
+  mesh = sharding.make_mesh()
+  model = GlobalContext()
+  sizes = [(22, 31), (9, 14), (22, 31), (30, 40)]
+  batch = _canvas_batch(sizes, (30, 40), seed=5)
+  second = _canvas_batch([(9, 14), (30, 40), (22, 31), (9, 14)], (30, 40), seed=6)
+  second['valid'][3] = False
+  variables = model.init(jax.random.key(0), batch['image'][:1])
+  options = dict(scales=(0.5, 1.0), flip=True)
+  step = evaluate.jit_eval_step(model, 3, mesh, sharding.replicated(mesh), **options)
+  sums, kept = evaluate.run_evaluation(step, variables, [batch, second], mesh, 3, num_keep=8)
+  confusion = sums['confusion']
+  alone = evaluate.make_eval_step(model, 3, **options)
+  expected, expected_preds = np.zeros((3, 3), np.int64), []
+  for b in (batch, second):
+    for i in np.flatnonzero(b['valid']):
+      h, w = b['size'][i]
+      one = {
+        'image': b['image'][i : i + 1, :h, :w],
+        'label': b['label'][i : i + 1, :h, :w],
+        'valid': np.array([True]),
+      }
+      c, p = alone(variables, one)
+      expected += np.asarray(c['confusion'])
+      expected_preds.append((b['label'][i], np.asarray(p[0])))
+  np.testing.assert_array_equal(confusion, expected)
+  assert step.step._cache_size() == 3  # three distinct sizes
+  assert len(kept) == 7
+  for _, label, pred in kept:  # each kept prediction is its image's own, in the canvas
+    [alone_pred] = [p for lab, p in expected_preds if np.array_equal(lab, label)]
+    h, w = alone_pred.shape
+    np.testing.assert_array_equal(pred[:h, :w], alone_pred)
+    assert not pred[h:].any() and not pred[:, w:].any()
+
+
+def test_sliding_eval_compiles_once_for_every_image_size():
+  mesh = sharding.make_mesh()
+  model = GlobalContext()
+  variables = model.init(jax.random.key(0), np.zeros((1, 16, 16, 3), np.float32))
+  step = evaluate.jit_eval_step(
+    model, 3, mesh, sharding.replicated(mesh), window=12, stride=8, scales=(0.5, 1.25), flip=True
+  )
+  batches = [
+    _canvas_batch([(22, 31), (9, 14)], (30, 40), seed=7),
+    _canvas_batch([(30, 40), (5, 6)], (30, 40), seed=8),
+  ]
+  evaluate.run_evaluation(step, variables, batches, mesh, 3)
+  assert step.step._cache_size() == 1
+
+
 def test_sliding_eval_step_counts_like_the_whole_image_step():
   mesh = sharding.make_mesh()
   rng = np.random.default_rng(3)
@@ -241,7 +344,7 @@ def test_sliding_eval_step_counts_like_the_whole_image_step():
   results = []
   for options in ({}, {'window': 10, 'stride': 6, 'scales': (1.0,), 'flip': True}):
     step = evaluate.jit_eval_step(Identity(3), 3, mesh, sharding.replicated(mesh), **options)
-    results.append(evaluate.run_evaluation(step, {}, [batch], mesh, 3)[0])
+    results.append(evaluate.run_evaluation(step, {}, [batch], mesh, 3)[0]['confusion'])
   np.testing.assert_array_equal(results[0], results[1])
   assert results[0].sum() == 2 * 21 * 26 - 6 * 26
 
@@ -286,23 +389,24 @@ from aaf_jax import evaluate, sharding
 from tests.test_evaluate import StridedConv
 model, rng = StridedConv(), np.random.default_rng(0)
 batch = {'image': rng.normal(size=(8, 22, 31, 3)).astype(np.float32),
-         'label': rng.integers(0, 3, (8, 22, 31)).astype(np.int32), 'valid': np.ones(8, bool)}
+         'label': rng.integers(0, 3, (8, 22, 31)).astype(np.int32), 'valid': np.ones(8, bool),
+         'size': np.stack([rng.integers(5, 23, 8), rng.integers(5, 32, 8)], 1).astype(np.int32)}
 variables = model.init(jax.random.key(0), batch['image'][:1])
 mesh = sharding.make_mesh()
 assert mesh.devices.size == 8, mesh
 options = dict(window=12, stride=8, scales=(0.5, 1.0, 1.25), flip=True)
 step = evaluate.jit_eval_step(model, 3, mesh, sharding.replicated(mesh), **options)
-confusion, boundaries, kept = evaluate.run_evaluation(step, variables, [batch], mesh, 3, num_keep=8)
-want_confusion, want_boundaries, want_preds = evaluate.make_eval_step(model, 3, **options)(
-    variables, batch)
-np.testing.assert_array_equal(confusion, np.asarray(want_confusion))
-np.testing.assert_array_equal(boundaries, np.asarray(want_boundaries))
+sums, kept = evaluate.run_evaluation(step, variables, [batch], mesh, 3, num_keep=8)
+want_sums, want_preds = evaluate.make_eval_step(model, 3, **options)(variables, batch)
+np.testing.assert_array_equal(sums['confusion'], np.asarray(want_sums['confusion']))
+np.testing.assert_array_equal(sums['boundary'], np.asarray(want_sums['boundary']))
 np.testing.assert_array_equal(np.stack([k[2] for k in kept]), np.asarray(want_preds))
 """
 
 
 def test_sliding_flip_eval_on_eight_devices_matches_one():
-  """Windows, scales and the flipped views stay correct with the batch split over 8 devices."""
+  """Windows, scales and the flipped views of images of different sizes stay correct with the
+  batch split over 8 devices."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', PYTHONPATH=root)
   out = subprocess.run(
@@ -314,3 +418,27 @@ def test_sliding_flip_eval_on_eight_devices_matches_one():
     timeout=300,
   )
   assert out.returncode == 0, out.stderr[-3000:]
+
+
+class _Batches(list):
+  num_examples = 3  # what the eval iterator reports: the last batch is padding in part
+
+
+def test_evaluation_logs_progress_eta_and_time(monkeypatch, caplog):
+  import logging
+
+  mesh = sharding.make_mesh()
+  batch = {
+    'image': _random_images((2, 6, 7, 3)),
+    'label': np.zeros((2, 6, 7), np.int32),
+    'valid': np.array([True, True]),
+  }
+  last = dict(batch, valid=np.array([True, False]))
+  monkeypatch.setattr(evaluate, 'PROGRESS_EVERY_S', 0.0)
+  step = evaluate.jit_eval_step(Identity(3), 3, mesh, sharding.replicated(mesh))
+  with caplog.at_level(logging.INFO):
+    evaluate.run_evaluation(step, {}, _Batches([batch, last]), mesh, 3)
+  messages = [r.getMessage() for r in caplog.records]
+  assert any(m.startswith('Evaluation: 2/3 images (67%)') and 'ETA' in m for m in messages)
+  assert any(m.startswith('Evaluation: 3/3 images (100%)') for m in messages)
+  assert any(m.startswith('Evaluation of 3 images took') for m in messages), messages

@@ -289,6 +289,57 @@ def test_bn_momentum_and_epsilon_are_used(psp_variables):
   assert (bn.bn_momentum, bn.bn_epsilon) == (0.75, 0.5)
 
 
+def test_head_bn_momentum_and_epsilon_are_the_heads_own(psp_variables):
+  """Head BatchNorms follow head_bn_*, the backbone's bn_*: a step from the initial statistics
+  (mean 0) moves each running mean by (1 - momentum) x the batch mean."""
+  updates = {}
+  for head_momentum in (0.5, 0.75):
+    model = models.build_model(
+      tiny_cfg(aux_head=True, bn_momentum=0.75, head_bn_momentum=head_momentum), num_classes=3
+    )
+    updates[head_momentum] = _forward(model, psp_variables, train=True)[1]['batch_stats']
+  for part, bn, ratio in (
+    ('backbone', 'bn1', 1.0),
+    ('head', 'pool1_bn', 2.0),
+    ('aux_head', 'bn', 2.0),
+  ):
+    means = [updates[m][part][bn]['mean'] for m in (0.5, 0.75)]
+    np.testing.assert_allclose(means[0], ratio * means[1], rtol=1e-4, atol=1e-7, err_msg=part)
+  logits = [
+    _forward(models.build_model(tiny_cfg(head_bn_epsilon=eps), num_classes=3), psp_variables, False)
+    for eps in (1e-5, 10.0)
+  ]
+  assert not np.allclose(logits[0]['logits'], logits[1]['logits'], atol=1e-3)
+
+
+def test_tf1_glorot_head_init():
+  """head_init='tf1_glorot': Glorot-uniform head kernels and classifier bias, as TF1's
+  tf.get_variable default; 'he' keeps the zero bias."""
+  classes = 64
+  shape = (1, 33, 33, 3)
+  glorot = init(models.build_model(tiny_cfg(head_init='tf1_glorot'), num_classes=classes), shape)
+  he = init(models.build_model(tiny_cfg(), num_classes=classes), shape)
+  bias = np.asarray(glorot['params']['head']['classifier']['bias'])
+  limit = np.sqrt(3 / classes)
+  assert np.abs(bias).max() <= limit and bias.std() == pytest.approx(limit / np.sqrt(3), rel=0.25)
+  assert not np.asarray(he['params']['head']['classifier']['bias']).any()
+  kernel = np.asarray(glorot['params']['head']['fuse_conv']['kernel'])  # [3,3,in,out]
+  fan_in, fan_out = 9 * kernel.shape[2], 9 * kernel.shape[3]
+  limit = np.sqrt(6 / (fan_in + fan_out))
+  assert np.abs(kernel).max() <= limit
+  assert kernel.std() == pytest.approx(limit / np.sqrt(3), rel=0.1)
+  he_kernel = np.asarray(he['params']['head']['fuse_conv']['kernel'])
+  assert he_kernel.std() == pytest.approx(np.sqrt(2 / fan_out), rel=0.1)  # He, fan out
+  with pytest.raises(ValueError, match='head_init'):
+    models.build_model(tiny_cfg(head_init='xavier'), num_classes=3)
+
+
+def test_paper_preset_has_the_authors_batch_norm_and_head_init():
+  cfg = models.get_preset('pspnet_resnet101')
+  assert (cfg.bn_momentum, cfg.bn_epsilon) == (0.9997, 1e-3)
+  assert (cfg.head_bn_momentum, cfg.head_bn_epsilon, cfg.head_init) == (0.99, 1e-3, 'tf1_glorot')
+
+
 def test_bfloat16_gives_float32_logits_close_to_float32(psp_variables):
   ref_model = models.build_model(tiny_cfg(aux_head=True), num_classes=3)
   bf16_model = models.build_model(tiny_cfg(aux_head=True), num_classes=3, dtype=jnp.bfloat16)

@@ -289,6 +289,7 @@ def test_eval_yields_every_image_once_padded(data_dir):
     for i in range(2)
   ]
   assert [len(p) for p in per_process] == [2, 2]
+  assert [p.num_examples for p in per_process] == [len(EVAL_SIZES)] * 2
   found = []
   for process in per_process:
     batches = list(process)
@@ -298,7 +299,10 @@ def test_eval_yields_every_image_once_padded(data_dir):
       assert batch['image'].dtype == np.float32
       assert batch['label'].shape == (2, 24, 28) and batch['label'].dtype == np.int32
       assert batch['valid'].dtype == bool
-      for image, label, valid in zip(batch['image'], batch['label'], batch['valid']):
+      assert batch['size'].shape == (2, 2) and batch['size'].dtype == np.int32
+      for image, label, size, valid in zip(
+        batch['image'], batch['label'], batch['size'], batch['valid']
+      ):
         if not valid:
           np.testing.assert_array_equal(image, 0.0)
           np.testing.assert_array_equal(label, 255)
@@ -306,6 +310,7 @@ def test_eval_yields_every_image_once_padded(data_dir):
           continue
         index = decode_index(image)
         height, width = EVAL_SIZES[index]
+        np.testing.assert_array_equal(size, (height, width))
         np.testing.assert_array_equal(label[:height, :width], coded_label(index, height, width))
         np.testing.assert_array_equal(label[height:], 255)
         np.testing.assert_array_equal(label[:, width:], 255)

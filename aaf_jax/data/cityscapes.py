@@ -1,7 +1,8 @@
 """Cityscapes with fine annotations, labels mapped to the 19 evaluation classes (train ids).
 
 Splits: `train` (2,975 images on the real data) and `val` (500). Features: 'image' (RGB),
-'label' (train id 0..18, 255 = ignore), 'name' (the image file stem, e.g.
+'label' (train id 0..18, 255 = ignore), 'instance_id' (gtFine instanceIds, uint16: labelId * 1000
++ k for each object, for the iIoU score), 'name' (the image file stem, e.g.
 'aachen_000000_000019_leftImg8bit').
 
 TFDS's own `cityscapes` builder is not reused: it reads the zip archives rather than the
@@ -13,6 +14,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from cityscapesscripts.helpers import labels as cityscapes_labels
 from etils import epath
+from PIL import Image
 
 from aaf_jax.data import base
 
@@ -20,10 +22,12 @@ NUM_CLASSES = 19
 SPLITS = ('train', 'val')
 _IMAGE_SUFFIX = '_leftImg8bit.png'
 _LABEL_SUFFIX = '_gtFine_labelIds.png'
+_INSTANCE_SUFFIX = '_gtFine_instanceIds.png'
 
 _LAYOUT = """\
   leftImg8bit/{train,val}/<city>/<city>_<seq>_<frame>_leftImg8bit.png
   gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_labelIds.png
+  gtFine/{train,val}/<city>/<city>_<seq>_<frame>_gtFine_instanceIds.png
 (leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, extracted side by side)"""
 
 
@@ -85,11 +89,29 @@ class LabelIdBuilder(base.ManualSourceBuilder, skip_registration=True):
     }
 
 
-class CityscapesFine(LabelIdBuilder):
-  """Cityscapes fine train/val, 19 train-id classes."""
+def read_instance_ids(path: epath.Path) -> np.ndarray:
+  """The gtFine instanceIds PNG (16-bit grey) as [H,W] uint16; BadExampleError naming it."""
+  try:
+    with Image.open(epath.Path(path)) as img:
+      ids = np.array(img)
+  except (OSError, SyntaxError, ValueError) as e:
+    raise base.BadExampleError(f'{path}: cannot decode instanceIds image ({e})') from e
+  if ids.ndim != 2 or ids.min(initial=0) < 0 or ids.max(initial=0) >= 34 * 1000:
+    raise base.BadExampleError(
+      f'{path}: expected a one-channel instanceIds image with values labelId or '
+      'labelId * 1000 + k (below 34000)'
+    )
+  return ids.astype(np.uint16)
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'Fine train/val, labels mapped to the 19 train ids.'}
+
+class CityscapesFine(LabelIdBuilder):
+  """Cityscapes fine train/val, 19 train-id classes, with the instance ids for iIoU."""
+
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {
+    '1.0.0': 'Fine train/val, labels mapped to the 19 train ids.',
+    '1.1.0': 'Adds the gtFine instanceIds as `instance_id`, for the iIoU score.',
+  }
   MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract Cityscapes into the manual folder:\n{_LAYOUT}'
   LAYOUT = _LAYOUT
 
@@ -97,7 +119,11 @@ class CityscapesFine(LabelIdBuilder):
     return tfds.core.DatasetInfo(
       builder=self,
       description=__doc__,
-      features=base.example_features(),
+      features=base.example_features(
+        instance_id=tfds.features.Tensor(
+          shape=(None, None, 1), dtype=np.uint16, encoding=tfds.features.Encoding.ZLIB
+        )
+      ),
       homepage='https://www.cityscapes-dataset.com/',
       citation=_CITATION,
     )
@@ -106,6 +132,18 @@ class CityscapesFine(LabelIdBuilder):
     root = self._manual_root(dl_manager)
     self._require(root, [f'{top}/{s}' for top in ('leftImg8bit', 'gtFine') for s in SPLITS])
     return {split: self._generate_examples(split, self._pairs(root, split)) for split in SPLITS}
+
+  def _example(self, pair: tuple[epath.Path, epath.Path]) -> dict:
+    example = super()._example(pair)
+    label_path = pair[1]
+    instance_path = label_path.parent / label_path.name.replace(_LABEL_SUFFIX, _INSTANCE_SUFFIX)
+    if not instance_path.exists():
+      raise base.BadExampleError(f'{instance_path}: missing (the instanceIds of {label_path})')
+    ids = read_instance_ids(instance_path)
+    with Image.open(label_path) as label:  # the header only: the size was checked on reading
+      base.check_same_size(label_path, (label.height, label.width), instance_path, ids.shape)
+    example['instance_id'] = ids[..., None]
+    return example
 
   def _pairs(self, root: epath.Path, split: str) -> list[tuple[epath.Path, epath.Path]]:
     """(image, label) paths of a split; every image needs its label and vice versa."""

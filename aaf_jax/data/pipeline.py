@@ -30,6 +30,10 @@ from aaf_jax.tf_cpu import tf
 
 IGNORE_LABEL = base.IGNORE_LABEL  # label padding; every registered dataset uses it
 _IMAGE, _LABEL = 'image', 'label'
+# Instance masks that evaluation scores with (aaf_jax/instance_iou.py), and the value that pads
+# them: VOC's SegmentationObject index (255: the boundary band, no instance) and Cityscapes'
+# instanceIds (0: no instance).
+_INSTANCE_FEATURES = {'instance': 255, 'instance_id': 0}
 _FOREVER = 2**62
 # The tf.data map functions use no Python control flow on tensors: skip AutoGraph.
 _no_autograph = tf.autograph.experimental.do_not_convert
@@ -155,7 +159,7 @@ def _prefetch(data_cfg) -> int:
 class _Split:
   """One split of a prepared dataset: raw records by index, and their TF decoder."""
 
-  def __init__(self, data_cfg, split: str, field: str):
+  def __init__(self, data_cfg, split: str, field: str, extra_features=()):
     builder = _prepared_builder(data_cfg)
     self.num_examples = _split_size(builder, split, field)
     if self.num_examples == 0:
@@ -174,10 +178,11 @@ class _Split:
       split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES
     )
     self._features = builder.info.features
+    self.extra_features = tuple(k for k in extra_features if k in self._features.keys())
     self._decoders = {
       key: tfds.decode.SkipDecoding()
       for key in self._features.keys()
-      if key not in (_IMAGE, _LABEL)
+      if key not in (_IMAGE, _LABEL) + self.extra_features
     }
 
   def _read(self, indices: np.ndarray) -> np.ndarray:
@@ -210,10 +215,12 @@ class _Split:
     return records
 
   def decode(self, record: tf.Tensor) -> dict[str, tf.Tensor]:
-    """{'image': uint8 [H,W,3], 'label': uint8 [H,W,1], 'name': string}."""
+    """{'image': uint8 [H,W,3], 'label': uint8 [H,W,1], 'name': string} and the
+    `extra_features` the dataset has (e.g. 'instance' [H,W,1])."""
     example = self._features.deserialize_example(record, decoders=self._decoders)
     name = example.get('name', tf.constant(''))
-    return {_IMAGE: example[_IMAGE], _LABEL: example[_LABEL], 'name': name}
+    extra = {key: example[key] for key in self.extra_features}
+    return {_IMAGE: example[_IMAGE], _LABEL: example[_LABEL], 'name': name, **extra}
 
 
 def _resize_coordinates(start, length, in_size, out_size):
@@ -441,8 +448,11 @@ class EvalIterable:
   """Every example of a split exactly once, unaugmented, padded to `config.data.eval_size`.
 
   Yields {'image': float32 [B_local,EH,EW,3] (mean-subtracted, padding 0), 'label': int32
-  [B_local,EH,EW] (padding 255), 'valid': bool [B_local]}; the last global batch is filled
-  with valid=False examples. Every process yields the same number of batches, `len(self)`.
+  [B_local,EH,EW] (padding 255), 'size': int32 [B_local,2] (each image's own height, width,
+  at the top left of the canvas), 'valid': bool [B_local]}, plus int32 [B_local,EH,EW]
+  'instance' (VOC) or 'instance_id' (Cityscapes) where the dataset has instance masks; the
+  last global batch is filled with valid=False examples. Every process yields the same number
+  of batches, `len(self)`.
   """
 
   def __init__(self, data_cfg, *, split, global_batch_size, process_index, process_count):
@@ -456,10 +466,15 @@ class EvalIterable:
     self._offset = process_index * self._local_batch
     self._options = _dataset_options(data_cfg)
     self._prefetch = _prefetch(data_cfg)
-    self._split = _Split(data_cfg, split, 'split')
+    self._split = _Split(data_cfg, split, 'split', extra_features=_INSTANCE_FEATURES)
 
   def __len__(self) -> int:
     return math.ceil(self._split.num_examples / self._global_batch)
+
+  @property
+  def num_examples(self) -> int:
+    """Images in the split (every process's batches together)."""
+    return self._split.num_examples
 
   def _dataset(self) -> tf.data.Dataset:
     num_examples = self._split.num_examples
@@ -502,7 +517,17 @@ class EvalIterable:
       label = tf.where(valid, label, IGNORE_LABEL)
       image.set_shape([height, width, 3])
       label.set_shape([height, width])
-      return {_IMAGE: image, _LABEL: label, 'valid': valid}
+      batch = {_IMAGE: image, _LABEL: label, 'size': size, 'valid': valid}
+      for key, padding in _INSTANCE_FEATURES.items():
+        if key in example:
+          instances = tf.cast(example[key][..., 0], tf.int32)
+          instances = tf.pad(
+            instances, [[0, height - size[0]], [0, width - size[1]]], constant_values=padding
+          )
+          instances = tf.where(valid, instances, padding)
+          instances.set_shape([height, width])
+          batch[key] = instances
+      return batch
 
     return _read_and_batch(
       tf.data.Dataset.range(len(self)),

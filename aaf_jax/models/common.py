@@ -8,26 +8,35 @@ trainer uses for its learning-rate groups.
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
+from aaf_jax import presets
 from aaf_jax.models import resnet
 
-
-def conv(features, kernel, *, rate=1, dtype, name):
-  """Stride-1 conv without bias (a BN follows), 'same' size, He init, float32 parameters."""
-  return resnet.conv2d(features, kernel, rate=rate, dtype=dtype, name=name)
+HEAD_INITS = presets.HEAD_INITS  # what `head_init` can be, and why: see aaf_jax/presets.py
 
 
-def classifier(num_classes, *, dtype, name='classifier'):
-  """The final 1x1 conv to class logits (with bias, small init as in PSPNet/DeepLab)."""
-  return nn.Conv(
-    num_classes,
-    (1, 1),
-    dtype=dtype,
-    param_dtype=jnp.float32,
-    kernel_init=nn.initializers.normal(0.01),
-    name=name,
-  )
+def _tf1_glorot_bias(key, shape, dtype=jnp.float32):
+  """TF1's Glorot uniform for a 1-D variable, whose fan in and fan out are both its length."""
+  limit = (3.0 / shape[0]) ** 0.5
+  return jax.random.uniform(key, shape, dtype, -limit, limit)
+
+
+def conv(features, kernel, *, rate=1, dtype, name, init='he'):
+  """Stride-1 conv without bias (a BN follows), 'same' size, float32 parameters; He init, or
+  Glorot uniform for init='tf1_glorot'."""
+  kernel_init = {} if init == 'he' else {'kernel_init': nn.initializers.glorot_uniform()}
+  return resnet.conv2d(features, kernel, rate=rate, dtype=dtype, name=name, **kernel_init)
+
+
+def classifier(num_classes, *, dtype, name='classifier', init='he'):
+  """The final 1x1 conv to class logits, with bias: N(0, 0.01) kernel and zero bias as in
+  PSPNet/DeepLab, or Glorot uniform kernel and bias for init='tf1_glorot'."""
+  inits = dict(kernel_init=nn.initializers.normal(0.01), bias_init=nn.initializers.zeros)
+  if init == 'tf1_glorot':
+    inits = dict(kernel_init=nn.initializers.glorot_uniform(), bias_init=_tf1_glorot_bias)
+  return nn.Conv(num_classes, (1, 1), dtype=dtype, param_dtype=jnp.float32, name=name, **inits)
 
 
 class AuxHead(nn.Module):
@@ -50,7 +59,9 @@ class Segmenter(nn.Module):
   """Backbone options shared by every registered network.
 
   `freeze_bn` makes every BatchNorm (backbone and heads) use its running statistics in
-  training too; its scale and offset stay trainable. `dropout` > 0 needs
+  training too; its scale and offset stay trainable. `bn_momentum`/`bn_epsilon` set the
+  backbone's BatchNorms, `head_bn_momentum`/`head_bn_epsilon` the heads' (the authors' PSPNet
+  uses 0.9997 and 0.99, both with epsilon 1e-3). `dropout` > 0 needs
   `rngs={'dropout': key}` in `apply` when training.
   """
 
@@ -64,6 +75,8 @@ class Segmenter(nn.Module):
   stem_pool: bool = True
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  head_bn_momentum: float = 0.9
+  head_bn_epsilon: float = 1e-5
   freeze_bn: bool = False
   dropout: float = 0.0
   aux_head: bool = False
@@ -77,6 +90,11 @@ class Segmenter(nn.Module):
       )
     if self.num_classes < 1:
       raise ValueError(f'num_classes must be positive, got {self.num_classes}.')
+    if not 0.0 <= self.head_bn_momentum < 1.0 or self.head_bn_epsilon <= 0:
+      raise ValueError(
+        f'model head_bn_momentum={self.head_bn_momentum}, head_bn_epsilon='
+        f'{self.head_bn_epsilon}: expected 0 <= momentum < 1 and epsilon > 0.'
+      )
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f'model dropout={self.dropout} must be in [0, 1).')
     trunk = self.make_backbone(parent=None)  # validates the backbone options now
@@ -121,10 +139,10 @@ class Segmenter(nn.Module):
     norm = resnet.batch_norm(
       train=train,
       frozen=self.freeze_bn,
-      momentum=self.bn_momentum,
-      epsilon=self.bn_epsilon,
+      momentum=self.head_bn_momentum,
+      epsilon=self.head_bn_epsilon,
       dtype=self.dtype,
-    )
+    )  # the heads'; the backbone builds its own from bn_momentum, bn_epsilon
     features = self.make_backbone(name='backbone')(images, train=train)
     last = max(k for k in features if k.startswith('stage'))
     outputs = {'logits': self.make_head(norm)(features[last], train=train).astype(jnp.float32)}

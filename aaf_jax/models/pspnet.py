@@ -35,6 +35,7 @@ class PSPHead(nn.Module):
   dropout: float
   norm: Any
   dtype: Any = jnp.float32
+  init: str = 'he'
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -42,24 +43,27 @@ class PSPHead(nn.Module):
     branches = [x]
     for b in self.bins:
       y = adaptive_avg_pool(x, b)  # [N,b,b,C]
-      y = common.conv(self.width, 1, dtype=self.dtype, name=f'pool{b}_conv')(y)
+      y = common.conv(self.width, 1, dtype=self.dtype, name=f'pool{b}_conv', init=self.init)(y)
       y = nn.relu(self.norm(name=f'pool{b}_bn')(y))
       branches.append(jax.image.resize(y, (n, h, w, self.width), 'bilinear', antialias=False))
     y = jnp.concatenate(branches, axis=-1)
-    y = nn.relu(
-      self.norm(name='fuse_bn')(common.conv(self.width, 3, dtype=self.dtype, name='fuse_conv')(y))
-    )
+    fuse = common.conv(self.width, 3, dtype=self.dtype, name='fuse_conv', init=self.init)
+    y = nn.relu(self.norm(name='fuse_bn')(fuse(y)))
     y = nn.Dropout(self.dropout, deterministic=not train)(y)
-    return common.classifier(self.num_classes, dtype=self.dtype)(y)
+    return common.classifier(self.num_classes, dtype=self.dtype, init=self.init)(y)
 
 
 class PSPNet(common.Segmenter):
-  """Dilated ResNet + pyramid pooling head. `head_width` is 512 in the paper."""
+  """Dilated ResNet + pyramid pooling head. `head_width` is 512 in the paper; `head_init` is
+  one of `common.HEAD_INITS`."""
 
   head_width: int = 512
   bins: Sequence[int] = (1, 2, 3, 6)
+  head_init: str = 'he'
 
   def __post_init__(self):
+    if self.head_init not in common.HEAD_INITS:
+      raise ValueError(f'pspnet head_init={self.head_init!r}: expected one of {common.HEAD_INITS}.')
     if not self.bins or any(int(b) < 1 for b in self.bins) or len(set(self.bins)) != len(self.bins):
       raise ValueError(f'pspnet bins={tuple(self.bins)} must be distinct positive integers.')
     super().__post_init__()
@@ -72,5 +76,6 @@ class PSPNet(common.Segmenter):
       self.dropout,
       norm,
       self.dtype,
+      self.head_init,
       name='head',
     )

@@ -130,8 +130,9 @@ def batch_norm(*, train: bool, frozen: bool, momentum: float, epsilon: float, dt
   )
 
 
-def conv2d(features, kernel, *, stride=1, rate=1, dtype, name):
-  """k x k conv, no bias, symmetric padding rate * (k - 1) / 2, He init, float32 params."""
+def conv2d(features, kernel, *, stride=1, rate=1, dtype, name, kernel_init=_conv_init):
+  """k x k conv, no bias, symmetric padding rate * (k - 1) / 2, He init (unless `kernel_init`
+  says otherwise), float32 params."""
   pad = rate * (kernel - 1) // 2
   return nn.Conv(
     features,
@@ -142,7 +143,7 @@ def conv2d(features, kernel, *, stride=1, rate=1, dtype, name):
     use_bias=False,
     dtype=dtype,
     param_dtype=jnp.float32,
-    kernel_init=_conv_init,
+    kernel_init=kernel_init,
     name=name,
   )
 
