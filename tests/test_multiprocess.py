@@ -1,0 +1,161 @@
+"""launch.py as a 2-process x 2-CPU-device job on loopback, against 1 process x 4 devices.
+
+One test, because its runs feed each other (the suite runs on 2 cores; every run is costly):
+- one: 1 process x 4 devices trains the tiny config;
+- two: 2 processes x 2 devices train it from a fresh data_dir: the data is built once, by
+  process 0, without a race; the first steps' losses match `one`'s; only process 0 writes the
+  results and the event file;
+- `two`'s last checkpoint evaluated by 1 process x 4 devices scores exactly what `two`'s own
+  evaluation over 2 processes scored (and a checkpoint of 2 processes restores on 1);
+- killed: process 1 SIGKILLed after the first checkpoint; process 0 stops promptly, naming it;
+  both restarted, the run ends exactly as `two` did;
+- initialised: 2 processes start from `one`'s checkpoint (config.init_checkpoint) and get its
+  network weights exactly, with fresh AAF tables.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+from loopback import HEARTBEAT_TIMEOUT_S, ROOT, Job, launch_command
+
+STEPS = 8
+TIMEOUT_S = 900  # per job; a healthy one takes about a minute on an idle 2-core machine
+TINY = [
+  '--config.log_every_steps=2',
+  '--config.checkpoint_every_steps=2',
+  '--config.data.synthetic.image_size=32',
+  '--config.data.synthetic.num_train=24',
+  '--config.data.synthetic.num_validation=10',
+  '--config.data.crop_size=32',
+  '--config.data.eval_size=(32, 32)',
+  '--config.model.base_width=8',
+  '--config.model.stem_width=8',
+  '--config.model.head_width=8',
+]
+SCORES = ('miou', 'pixel_acc', 'per_class_iou')
+
+
+def _job(tmp_path, name, data_dir, *flags, processes=2, log_name=None):
+  command = launch_command(
+    f'--config={os.path.join(ROOT, "configs", "synthetic.py")}:aaf,steps={STEPS},batch=8,'
+    f'data_dir={data_dir}',
+    f'--workdir={tmp_path / name}',
+    *TINY,
+    *flags,
+  )
+  return Job(
+    command,
+    str(tmp_path / 'logs'),
+    num_processes=processes,
+    devices_per_process=4 // processes,
+    name=log_name or name,
+  )
+
+
+def _checkpoint(workdir, step=None):
+  """(step, state as NumPy arrays) of the latest (or given) checkpoint, whoever saved it."""
+  import orbax.checkpoint as ocp
+
+  directory = os.path.join(workdir, 'checkpoints')
+  steps = [int(s) for s in os.listdir(directory) if s.isdigit()]
+  step = max(steps) if step is None else step
+  path = os.path.join(directory, str(step), 'state')
+  checkpointer = ocp.PyTreeCheckpointer()
+  tree = checkpointer.metadata(path).item_metadata.tree
+  return step, checkpointer.restore(
+    path, restore_args=jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+  )
+
+
+def _train_losses(workdir) -> dict[int, float]:
+  """step -> train/loss from the run's one event file."""
+  import tensorflow as tf
+
+  (events,) = [f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]
+  losses = {}
+  for event in tf.compat.v1.train.summary_iterator(os.path.join(workdir, events)):
+    for value in event.summary.value:
+      if value.tag == 'train/loss':
+        losses[event.step] = float(tf.make_ndarray(value.tensor))
+  return losses
+
+
+def _scores(path) -> dict:
+  with open(path) as f:
+    results = json.load(f)
+  return {k: results[k] for k in SCORES}
+
+
+def _assert_trees_equal(a, b, what):
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+  assert len(leaves_a) == len(leaves_b), what
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(x, y, err_msg=what)
+
+
+def test_two_processes_train_evaluate_resume_and_initialise_like_one(tmp_path):
+  one = _job(tmp_path, 'one', tmp_path / 'data_one', processes=1)
+  one.wait_ok(TIMEOUT_S)
+
+  # A fresh data_dir: process 0 builds it, process 1 waits and then reads it.
+  two = _job(tmp_path, 'two', tmp_path / 'data_two')
+  two.wait_ok(TIMEOUT_S)
+  assert "Preparing dataset 'synthetic'" in two.output(0)
+  assert "Waiting for process 0: Preparing dataset 'synthetic'" in two.output(1)
+
+  losses_one, losses_two = _train_losses(tmp_path / 'one'), _train_losses(tmp_path / 'two')
+  assert sorted(losses_one) == sorted(losses_two) == list(range(2, STEPS + 1, 2))
+  np.testing.assert_allclose(
+    [losses_two[2], losses_two[4]], [losses_one[2], losses_one[4]], rtol=1e-5
+  )
+
+  # Only process 0 writes: one event file, named after its pid; no stray temporary files.
+  written = sorted(os.listdir(tmp_path / 'two'))
+  events = [f for f in written if f.startswith('events.out.tfevents')]
+  assert len(events) == 1 and f'.{two.processes[0].pid}.' in events[0], written
+  assert 'results.json' in written and not [f for f in written if f.startswith('.')], written
+
+  # The same checkpoint evaluated by 1 process x 4 devices: identical scores.
+  evaluation = _job(
+    tmp_path, 'two', tmp_path / 'data_two', '--mode=eval', processes=1, log_name='eval'
+  )
+  evaluation.wait_ok(TIMEOUT_S)
+  assert _scores(tmp_path / 'two' / 'eval-synthetic-validation.json') == _scores(
+    tmp_path / 'two' / 'results.json'
+  )
+
+  # Kill process 1 after the first checkpoint: process 0 stops promptly, naming it.
+  killed = _job(tmp_path, 'killed', tmp_path / 'data_two')
+  first_checkpoint = tmp_path / 'killed' / 'checkpoints' / '2'
+  killed.wait_for(first_checkpoint.exists, TIMEOUT_S, 'the first checkpoint')
+  killed.kill_process(1)
+  status = killed.wait(HEARTBEAT_TIMEOUT_S + 60)[0]
+  assert status != 0, killed.all_output()
+  assert 'Stopping process 0: process 1 of 2 sent no heartbeat' in killed.output(0)
+  assert _checkpoint(tmp_path / 'killed')[0] < STEPS, 'killed too late to test a resume'
+
+  restarted = _job(tmp_path, 'killed', tmp_path / 'data_two', log_name='restarted')
+  restarted.wait_ok(TIMEOUT_S)
+  assert 'Resumed from' in restarted.output(0)
+  _assert_trees_equal(
+    _checkpoint(tmp_path / 'two')[1], _checkpoint(tmp_path / 'killed')[1], 'resumed state'
+  )
+  assert _scores(tmp_path / 'killed' / 'results.json') == _scores(tmp_path / 'two' / 'results.json')
+
+  # A 1-process checkpoint initialises a 2-process run (learning rate 0: the weights stay put).
+  initialised = _job(
+    tmp_path,
+    'initialised',
+    tmp_path / 'data_two',
+    f'--config.init_checkpoint={tmp_path / "one"}',
+    '--config.num_train_steps=1',
+    '--config.optimizer.learning_rate=0.0',
+  )
+  initialised.wait_ok(TIMEOUT_S)
+  source = _checkpoint(tmp_path / 'one')[1]['params']
+  started = _checkpoint(tmp_path / 'initialised')[1]['params']
+  _assert_trees_equal(source['model'], started['model'], 'initialised network weights')
+  assert all(np.all(t == 0) for t in jax.tree.leaves(started['aaf'])), 'AAF tables not fresh'
+  assert any(np.any(t != 0) for t in jax.tree.leaves(source['aaf']))
