@@ -10,7 +10,7 @@ One test, because its runs feed each other (the suite runs on 2 cores; every run
 - killed: process 1 SIGKILLed after the first checkpoint; process 0 stops promptly, naming it;
   both restarted, the run ends exactly as `two` did;
 - initialised: 2 processes start from `one`'s checkpoint (config.init_checkpoint) and get its
-  network weights exactly, with fresh AAF tables.
+  network weights, with fresh AAF tables.
 """
 
 import json
@@ -34,7 +34,7 @@ TINY = [
   '--config.model.stem_width=8',
   '--config.model.head_width=8',
 ]
-SCORES = ('miou', 'pixel_acc', 'per_class_iou')
+NOT_SCORES = ('step', 'fingerprint', 'inference', 'field_size_weights')
 
 
 def _job(tmp_path, name, data_dir, *flags, processes=2, log_name=None):
@@ -85,7 +85,9 @@ def _train_losses(workdir) -> dict[int, float]:
 def _scores(path) -> dict:
   with open(path) as f:
     results = json.load(f)
-  return {k: results[k] for k in SCORES}
+  scores = {k: v for k, v in results.items() if k not in NOT_SCORES}
+  assert {'miou', 'pixel_acc', 'per_class_iou'} <= set(scores), path
+  return scores
 
 
 def _assert_trees_equal(a, b, what):
@@ -144,18 +146,21 @@ def test_two_processes_train_evaluate_resume_and_initialise_like_one(tmp_path):
   )
   assert _scores(tmp_path / 'killed' / 'results.json') == _scores(tmp_path / 'two' / 'results.json')
 
-  # A 1-process checkpoint initialises a 2-process run (learning rate 0: the weights stay put).
+  # A 1-process checkpoint initialises a 2-process run. One step at a learning rate of 1e-30
+  # moves no weight by more than ~1e-29: the checkpoint then holds the weights it started from.
   initialised = _job(
     tmp_path,
     'initialised',
     tmp_path / 'data_two',
     f'--config.init_checkpoint={tmp_path / "one"}',
     '--config.num_train_steps=1',
-    '--config.optimizer.learning_rate=0.0',
+    '--config.optimizer.learning_rate=1e-30',
   )
   initialised.wait_ok(TIMEOUT_S)
+  assert 'Initialised the network from' in initialised.output(0)
   source = _checkpoint(tmp_path / 'one')[1]['params']
   started = _checkpoint(tmp_path / 'initialised')[1]['params']
-  _assert_trees_equal(source['model'], started['model'], 'initialised network weights')
-  assert all(np.all(t == 0) for t in jax.tree.leaves(started['aaf'])), 'AAF tables not fresh'
-  assert any(np.any(t != 0) for t in jax.tree.leaves(source['aaf']))
+  for a, b in zip(jax.tree.leaves(source['model']), jax.tree.leaves(started['model'])):
+    np.testing.assert_allclose(b, a, rtol=0, atol=1e-20, err_msg='initialised network weights')
+  assert all(np.all(np.abs(t) < 1e-20) for t in jax.tree.leaves(started['aaf'])), 'AAF tables'
+  assert any(np.any(np.abs(t) > 1e-6) for t in jax.tree.leaves(source['aaf']))
