@@ -80,6 +80,15 @@ def initialize(
     raise RuntimeError('aaf_jax.distributed.initialize was already called in this process.')
   _check_settings(num_processes, process_id, initialization_timeout, heartbeat_timeout)
   where = coordinator_address or os.environ.get('JAX_COORDINATOR_ADDRESS') or 'auto-detected'
+  # If the others never come, JAX aborts the process natively: this line says what it waited for.
+  logging.info(
+    'Process %s of %s joining the job at coordinator %s; waiting up to %d s for every process '
+    '(--initialization_timeout).',
+    '?' if process_id is None else process_id,
+    '?' if num_processes is None else num_processes,
+    where,
+    initialization_timeout,
+  )
   try:
     jax.distributed.initialize(
       coordinator_address=coordinator_address,
@@ -97,12 +106,12 @@ def initialize(
       '--num_processes and --process_id (or JAX_COORDINATOR_ADDRESS and the flags), or run '
       'with --distributed inside a Cloud TPU pod, SLURM or Open MPI job.'
     ) from e
-  except Exception as e:  # jax's runtime errors: a coordinator that never answered, say
+  except Exception as e:  # jax's runtime errors: an address it cannot use, say
     raise errors.UserError(
       f'Process {process_id if process_id is not None else "?"} could not join the job at '
-      f'coordinator {where} within --initialization_timeout={initialization_timeout} s '
-      f'({errors.one_line(e)[:300]}). Start every process with the same --coordinator_address '
-      'and --num_processes, each with its own --process_id; process 0 serves the coordinator.'
+      f'coordinator {where} ({errors.one_line(e)[:300]}). Start every process with the same '
+      '--coordinator_address and --num_processes, each with its own --process_id; process 0 '
+      'serves the coordinator.'
     ) from e
   from jax._src import distributed as jax_distributed  # the client; Orbax reads it there too
 
@@ -161,10 +170,6 @@ def _warm_up_collectives() -> None:
   total = jax.jit(lambda x: x.sum(), out_shardings=NamedSharding(mesh, PartitionSpec()))(ones)
   if int(total) != jax.device_count():
     raise RuntimeError(f'Cross-process sum over {jax.device_count()} devices gave {int(total)}.')
-
-
-def process_count() -> int:
-  return _state.num_processes
 
 
 def shutdown() -> None:
