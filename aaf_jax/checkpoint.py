@@ -92,16 +92,10 @@ class Checkpointer:
     evaluation or an init checkpoint; 'data' is then None.
     """
     item = network_part(target) if network_only else target
-    # The whole state goes through the handler `save` uses (StandardSave): Orbax binds one
-    # handler per item name, and a resumed run saves into this same manager.
-    restore = (
-      ocp.args.PyTreeRestore(
-        item=item,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-        partial_restore=True,
-      )
-      if network_only
-      else ocp.args.StandardRestore(item)
+    restore = ocp.args.PyTreeRestore(
+      item=item,
+      restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+      partial_restore=network_only,
     )
     if network_only:
       restored = self._manager.restore(step, args=ocp.args.Composite(state=restore))
