@@ -35,3 +35,18 @@ def test_readme_loss_example_runs():
   namespace = {}
   exec(compile(example, 'README.md example', 'exec'), namespace)
   assert namespace['edges'].shape == (3,) and float(namespace['loss']) > 0
+
+
+def test_layout_names_every_module():
+  """The README's Layout section is the living picture of the tree: a new module goes in it."""
+  text = open(os.path.join(ROOT, 'README.md')).read()
+  layout = re.search(r'## Layout\n(.+?)\n## ', text, re.S).group(1)
+  package = os.path.join(ROOT, 'aaf_jax')
+  modules = [
+    os.path.relpath(os.path.join(folder, name), package)
+    for folder, _, names in os.walk(package)
+    for name in names
+    if name.endswith('.py') and name != '__init__.py'
+  ]
+  missing = [m for m in sorted(modules) if os.path.basename(m) not in layout]
+  assert not missing, f'README Layout does not mention {missing}'
