@@ -116,9 +116,9 @@ class Checkpointer:
     self._manager.save(
       step,
       args=ocp.args.Composite(
-        # Standard, as `restore_step` reads a whole state: a manager that restored with one handler
-        # refuses to save the same item with another (a resumed run failed at its first save).
-        state=ocp.args.StandardSave(self._snapshot),
+        # PyTree, as `restore_step` reads it: a manager that restored with one handler refuses
+        # to save the same item with another (every resumed run would fail at its first save).
+        state=ocp.args.PyTreeSave(self._snapshot),
         data=ocp.args.JsonSave(data_state),
         meta=ocp.args.JsonSave(meta),
       ),
