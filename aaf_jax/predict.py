@@ -79,7 +79,9 @@ class Predictor:
     self._variables = variables
     self._mean = np.asarray(mean, np.float32)
     self._window = eval_options['window']
-    options = dict(eval_options, scales=tuple(float(s) for s in eval_options['scales']))
+    # Inference settings only: `boundary_width` belongs to the metric, not to inference.
+    options = {k: v for k, v in eval_options.items() if k in ('window', 'stride', 'flip')}
+    options['scales'] = tuple(float(s) for s in eval_options['scales'])
 
     def classes(variables, images, sizes):
       apply_fn = lambda x: model.apply(variables, x, train=False)['logits']
