@@ -1,8 +1,42 @@
 import os
+import shutil
 import sys
+import tempfile
 
 # Tests import helpers that live beside them (the float64 references, tiny configs) and the
 # configs package at the repository root, also in pytest-xdist workers.
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, _HERE)
 sys.path.insert(0, os.path.dirname(_HERE))
+
+# XLA's CPU backend at optimisation level 0: the suite's programs are tiny and compiled once
+# each, so LLVM's optimisations cost far more than they save (the suite ran about twice as fast;
+# BENCHMARKS.md). Numerics are the same; benchmarks and real runs keep the default level.
+_XLA_TEST_FLAGS = '--xla_backend_optimization_level=0'
+
+# One JAX persistent compilation cache for the whole session: the xdist workers and every
+# launch.py a test starts inherit these variables, so the tiny configs' train and eval steps,
+# compiled again by test after test and process after process, are compiled once. It lives
+# only as long as the session (a fresh folder, removed at the end), so no test depends on it.
+_CACHE_VARIABLES = {
+  'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0',
+  'JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES': '0',
+}
+
+
+def pytest_configure(config):
+  if hasattr(config, 'workerinput'):
+    return  # an xdist worker: it inherited the controller's environment
+  if _XLA_TEST_FLAGS not in os.environ.get('XLA_FLAGS', ''):
+    os.environ['XLA_FLAGS'] = f'{os.environ.get("XLA_FLAGS", "")} {_XLA_TEST_FLAGS}'.strip()
+  if 'JAX_COMPILATION_CACHE_DIR' in os.environ:
+    return  # a cache set by the user
+  folder = tempfile.mkdtemp(prefix='aaf-jax-test-compile-cache-')
+  config._aaf_compile_cache = folder
+  os.environ.update(_CACHE_VARIABLES, JAX_COMPILATION_CACHE_DIR=folder)
+
+
+def pytest_unconfigure(config):
+  folder = getattr(config, '_aaf_compile_cache', None)
+  if folder:
+    shutil.rmtree(folder, ignore_errors=True)

@@ -10,10 +10,10 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from launching import ROOT, xla_flags
+
 HEARTBEAT_TIMEOUT_S = 10  # short, so a dead process is noticed quickly in tests
 
 
@@ -43,7 +43,7 @@ class Job:
     port = free_port()
     env = {
       **os.environ,
-      'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices_per_process}',
+      'XLA_FLAGS': xla_flags(devices_per_process),
       'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])),
       'AAF_VERBOSE': '',
     }
@@ -103,7 +103,3 @@ class Job:
   def kill_process(self, i: int) -> None:
     self.processes[i].send_signal(signal.SIGKILL)
     self.processes[i].wait()
-
-
-def launch_command(*args) -> list[str]:
-  return [sys.executable, os.path.join(ROOT, 'launch.py'), *args]

@@ -9,15 +9,13 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 
 import numpy as np
 import pytest
+from launching import ROOT, TINY_FLAGS, launch_command, synthetic_config
 from tiny import tiny_config
 
 from aaf_jax.data import integrity, pipeline
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
@@ -127,21 +125,12 @@ def test_rotten_train_record_is_named_when_read(damaged):
 
 def _launch(data_dir, workdir, steps=4):
   return subprocess.run(
-    [
-      sys.executable,
-      'launch.py',
-      f'--config=configs/synthetic.py:aaf,steps={steps},batch=8,data_dir={data_dir}',
+    launch_command(
+      synthetic_config(data_dir, steps),
       f'--workdir={workdir}',
       '--config.checkpoint_every_steps=2',
-      '--config.data.synthetic.image_size=32',
-      '--config.data.synthetic.num_train=24',
-      '--config.data.synthetic.num_validation=10',
-      '--config.data.crop_size=32',
-      '--config.data.eval_size=(32, 32)',
-      '--config.model.base_width=8',
-      '--config.model.stem_width=8',
-      '--config.model.head_width=8',
-    ],
+      *TINY_FLAGS,
+    ),
     cwd=ROOT,
     capture_output=True,
     text=True,

@@ -10,7 +10,8 @@ import sys
 import time
 
 import pytest
-from loopback import HEARTBEAT_TIMEOUT_S, ROOT, Job, launch_command
+from launching import ROOT, launch_command
+from loopback import HEARTBEAT_TIMEOUT_S, Job
 
 from aaf_jax import distributed
 

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from launching import xla_flags
 
 from aaf_jax import boundary, evaluate, sharding
 
@@ -408,7 +409,9 @@ def test_sliding_flip_eval_on_eight_devices_matches_one():
   """Windows, scales and the flipped views of images of different sizes stay correct with the
   batch split over 8 devices."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', PYTHONPATH=root)
+  env = dict(
+    os.environ, XLA_FLAGS=xla_flags(8), PYTHONPATH=os.pathsep.join([root, f'{root}/tests'])
+  )
   out = subprocess.run(
     [sys.executable, '-c', _EIGHT_DEVICES],
     cwd=root,

@@ -18,29 +18,18 @@ import os
 
 import jax
 import numpy as np
-from loopback import HEARTBEAT_TIMEOUT_S, ROOT, Job, launch_command
+from launching import TINY_FLAGS, launch_command, synthetic_config
+from loopback import HEARTBEAT_TIMEOUT_S, Job
 
 STEPS = 8
 TIMEOUT_S = 900  # per job; a healthy one takes about a minute on an idle 2-core machine
-TINY = [
-  '--config.log_every_steps=2',
-  '--config.checkpoint_every_steps=2',
-  '--config.data.synthetic.image_size=32',
-  '--config.data.synthetic.num_train=24',
-  '--config.data.synthetic.num_validation=10',
-  '--config.data.crop_size=32',
-  '--config.data.eval_size=(32, 32)',
-  '--config.model.base_width=8',
-  '--config.model.stem_width=8',
-  '--config.model.head_width=8',
-]
+TINY = ['--config.log_every_steps=2', '--config.checkpoint_every_steps=2', *TINY_FLAGS]
 NOT_SCORES = ('step', 'fingerprint', 'inference', 'field_size_weights')
 
 
 def _job(tmp_path, name, data_dir, *flags, processes=2, log_name=None):
   command = launch_command(
-    f'--config={os.path.join(ROOT, "configs", "synthetic.py")}:aaf,steps={STEPS},batch=8,'
-    f'data_dir={data_dir}',
+    synthetic_config(data_dir, STEPS),
     f'--workdir={tmp_path / name}',
     *TINY,
     *flags,

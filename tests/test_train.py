@@ -4,18 +4,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from launching import ROOT, TINY_FLAGS, launch_command, synthetic_config, xla_flags
 from tiny import tiny_config
 
 from aaf_jax import checkpoint, models, optim, run_record, step, train
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='session')
@@ -134,7 +132,7 @@ def test_gradient_accumulation_matches_one_big_batch(data_dir):
   [
     ({'loss.kind': 'crf'}, r"config.loss.kind='crf': expected one of"),
     ({'batch_size': 0}, r'config.batch_size=0'),
-    ({'data.crop_size': 2}, r'config.data.crop_size=2: too small'),
+    ({'data.crop_size': 1}, r'config.data.crop_size=1: too small'),
     ({'compute_dtype': 'float16'}, r"config.compute_dtype='float16'"),
   ],
 )
@@ -205,24 +203,14 @@ def test_non_finite_loss_stops_without_checkpointing_it(data_dir, tmp_path):
 
 def _launch(workdir, data_dir, *flags, env=None):
   return subprocess.Popen(
-    [
-      sys.executable,
-      os.path.join(ROOT, 'launch.py'),
-      f'--config={os.path.join(ROOT, "configs", "synthetic.py")}:aaf,steps=12,batch=8,'
-      f'data_dir={data_dir}',
+    launch_command(
+      synthetic_config(data_dir, 12),
       f'--workdir={workdir}',
       '--config.log_every_steps=2',
       '--config.checkpoint_every_steps=2',
-      '--config.data.synthetic.image_size=32',
-      '--config.data.synthetic.num_train=24',
-      '--config.data.synthetic.num_validation=10',
-      '--config.data.crop_size=32',
-      '--config.data.eval_size=(32, 32)',
-      '--config.model.base_width=8',
-      '--config.model.stem_width=8',
-      '--config.model.head_width=8',
+      *TINY_FLAGS,
       *flags,
-    ],
+    ),
     cwd=ROOT,
     env={**os.environ, **(env or {})},
     stdout=subprocess.PIPE,
@@ -280,7 +268,7 @@ def test_eight_devices_match_one(data_dir, tmp_path):
       workdir,
       data_dir,
       '--config.num_train_steps=3',
-      env={'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'},
+      env={'XLA_FLAGS': xla_flags(devices)},
     )
     out = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, out
