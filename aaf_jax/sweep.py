@@ -278,6 +278,7 @@ def summarize(runs: list[Run]) -> dict:
       results = state['results']
       row.update(
         miou=results['miou'],
+        boundary_iou=results.get('boundary_iou'),  # None in results written before it existed
         pixel_acc=results['pixel_acc'],
         per_class_iou=results['per_class_iou'],
       )
@@ -289,6 +290,7 @@ def summarize(runs: list[Run]) -> dict:
   for key, members in groups.items():
     done = [m for m in members if m['status'] == 'finished']
     miou = _mean_std([m['miou'] for m in done])
+    boundary_iou = _mean_std([m['boundary_iou'] for m in done])
     pixel_acc = _mean_std([m['pixel_acc'] for m in done])
     classes = list(done[0]['per_class_iou']) if done else []
     group_rows.append(
@@ -298,6 +300,8 @@ def summarize(runs: list[Run]) -> dict:
         'failed_seeds': [m['seed'] for m in members if m['status'] == 'failed'],
         'miou_mean': miou[0],
         'miou_std': miou[1],
+        'boundary_iou_mean': boundary_iou[0],
+        'boundary_iou_std': boundary_iou[1],
         'pixel_acc_mean': pixel_acc[0],
         'pixel_acc_std': pixel_acc[1],
         'per_class_iou': {
@@ -307,6 +311,10 @@ def summarize(runs: list[Run]) -> dict:
       }
     )
   return {'runs': rows, 'groups': group_rows}
+
+
+# The scores of a group's row, in the order of summary.csv's and summary.md's columns.
+_SCORES = ('miou', 'boundary_iou', 'pixel_acc')
 
 
 def _text(value) -> str:
@@ -330,25 +338,22 @@ def write_summary(runs: list[Run], workdir: str) -> dict:
   with open(os.path.join(workdir, 'summary.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(
-      [*fields, 'seeds', 'failed', 'miou_mean', 'miou_std', 'pixel_acc_mean', 'pixel_acc_std']
+      [*fields, 'seeds', 'failed', *(f'{s}_{m}' for s in _SCORES for m in ('mean', 'std'))]
       + [f'{c}_{s}' for c in classes for s in ('mean', 'std')]
     )
     for g in summary['groups']:
       writer.writerow(
         [_text(g['overrides'][k]) for k in fields]
         + [len(g['seeds']), len(g['failed_seeds'])]
-        + [g['miou_mean'], g['miou_std'], g['pixel_acc_mean'], g['pixel_acc_std']]
+        + [g[f'{s}_{m}'] for s in _SCORES for m in ('mean', 'std')]
         + [g['per_class_iou'].get(c, {}).get(s) for c in classes for s in ('mean', 'std')]
       )
-  header = [*fields, 'seeds', 'mIoU', 'pixel acc', *classes]
+  header = [*fields, 'seeds', 'mIoU', 'boundary IoU', 'pixel acc', *classes]
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for g in summary['groups']:
     seeds = f'{len(g["seeds"])}' + (f' ({len(g["failed_seeds"])} failed)' * bool(g['failed_seeds']))
-    cells = [_text(g['overrides'][k]) for k in fields] + [
-      seeds,
-      _percent(g['miou_mean'], g['miou_std']),
-      _percent(g['pixel_acc_mean'], g['pixel_acc_std']),
-    ]
+    cells = [_text(g['overrides'][k]) for k in fields] + [seeds]
+    cells += [_percent(g[f'{s}_mean'], g[f'{s}_std']) for s in _SCORES]
     cells += [
       _percent(**g['per_class_iou'][c]) if c in g['per_class_iou'] else '-' for c in classes
     ]

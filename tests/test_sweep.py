@@ -28,6 +28,7 @@ def _fake_train(scores, calls):
     miou = scores[key]
     results = {
       'miou': miou,
+      'boundary_iou': miou / 2,
       'pixel_acc': miou + 0.5,
       'per_class_iou': {'background': 0.9, 'disc': miou},
       'step': config.num_train_steps,
@@ -102,6 +103,8 @@ def test_skip_finished_retry_failed_and_summary(tmp_path):
   assert first['miou_mean'] == pytest.approx(0.3)
   assert first['miou_std'] == pytest.approx(0.1414213562)  # sample std of 0.2, 0.4
   assert first['pixel_acc_mean'] == pytest.approx(0.8)
+  assert first['boundary_iou_mean'] == pytest.approx(0.15)
+  assert first['boundary_iou_std'] == pytest.approx(0.0707106781)
   assert first['per_class_iou']['disc'] == {
     'mean': pytest.approx(0.3),
     'std': pytest.approx(0.1414213562),
@@ -109,12 +112,15 @@ def test_skip_finished_retry_failed_and_summary(tmp_path):
   assert second['seeds'] == [0] and second['failed_seeds'] == [1]
   assert (second['miou_mean'], second['miou_std']) == (pytest.approx(0.3), 0.0)
   table = (tmp_path / 'summary.md').read_text().splitlines()
-  assert table[0] == '| loss.margin | seeds | mIoU | pixel acc | background | disc |'
-  assert table[2] == '| 1.0 | 2 | 30.00 ± 14.14 | 80.00 ± 14.14 | 90.00 ± 0.00 | 30.00 ± 14.14 |'
+  assert table[0] == '| loss.margin | seeds | mIoU | boundary IoU | pixel acc | background | disc |'
+  assert table[2] == (
+    '| 1.0 | 2 | 30.00 ± 14.14 | 15.00 ± 7.07 | 80.00 ± 14.14 | 90.00 ± 0.00 | 30.00 ± 14.14 |'
+  )
   assert table[3].startswith('| 2.0 | 1 (1 failed) | 30.00 ± 0.00 |')
   rows = list(csv.DictReader(open(tmp_path / 'summary.csv')))
   assert [r['loss.margin'] for r in rows] == ['1.0', '2.0']
   assert float(rows[0]['miou_std']) == pytest.approx(0.1414213562)
+  assert float(rows[0]['boundary_iou_mean']) == pytest.approx(0.15)
   assert (tmp_path / 'summary.png').stat().st_size > 0
 
   # A rerun skips the finished runs and retries the failed one, which now succeeds.
