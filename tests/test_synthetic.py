@@ -170,3 +170,34 @@ def test_registry_imports_builders_lazily():
     'd.builder_class("synthetic"); assert "aaf_jax.data.synthetic" in sys.modules'
   )
   subprocess.run([sys.executable, '-c', code], check=True, capture_output=True)
+
+
+def test_a_job_waits_for_another_preparing_the_same_data_and_then_reuses_it(tmp_path):
+  """Two jobs on one machine (sweep shards, say) with a fresh data_dir: the second waits on the
+  first's preparation lock and then reads its data, instead of racing it to the same folder."""
+  cfg = ml_collections.ConfigDict(
+    dict(name='synthetic', data_dir=str(tmp_path), synthetic=dict(SMALL))
+  )
+  code = (
+    'import sys, ml_collections; from absl import logging; logging.set_verbosity("info"); '
+    'from aaf_jax import data; '
+    f'b = data.get_builder(ml_collections.ConfigDict({cfg.to_dict()!r})); '
+    'print("examples", b.info.splits["train"].num_examples)'
+  )
+  with data._preparation_lock(str(tmp_path), 'synthetic'):  # another job is preparing
+    waiting = subprocess.Popen(
+      [sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    log = ''
+    while 'Waiting for another job' not in log:
+      line = waiting.stderr.readline()
+      assert line or waiting.poll() is None, f'exited without waiting:\n{log}'
+      log += line
+    cls = data.builder_class('synthetic')
+    builder = cls(data_dir=str(tmp_path), file_format=data.FILE_FORMAT, **cls.builder_kwargs(cfg))
+    builder.download_and_prepare()
+  out, err = waiting.communicate(timeout=120)
+  log += err
+  assert waiting.returncode == 0, log
+  assert out.strip() == f'examples {SMALL["num_train"]}'
+  assert 'Preparing' not in log and 'Generating' not in log, log

@@ -5,10 +5,13 @@ every dataset's dependencies. Data is always written as ArrayRecord, the random-
 input pipeline reads by example index.
 """
 
+import contextlib
+import fcntl
 import importlib
 import os
 
 import tensorflow_datasets as tfds
+from absl import logging
 
 import aaf_jax.tf_cpu  # noqa: F401  (TensorFlow off the GPUs before tfds starts it)
 from aaf_jax import errors
@@ -55,7 +58,9 @@ def get_builder(data_cfg, prepare: bool = True) -> tfds.core.DatasetBuilder:
   `prepare=False`: data that is not there is an error (in a multi-process job only process 0
   prepares, and the others must find its data).
 
-  Prepared data in `data_cfg.data_dir` is reused. A leading `~` in data_dir or manual_dir means
+  Prepared data in `data_cfg.data_dir` is reused. Independent jobs on one machine (sweep shards,
+  say) that find the same data missing prepare it one at a time under a file lock in data_dir:
+  the first builds it, the others then find it prepared. A leading `~` in data_dir or manual_dir means
   the user's home (unexpanded, TFDS would create a literal `./~` folder). A builder class may
   define a classmethod `builder_kwargs(data_cfg) -> dict` for extra constructor arguments (the
   synthetic set passes its generation options this way, so each option set gets its own folder).
@@ -77,15 +82,40 @@ def get_builder(data_cfg, prepare: bool = True) -> tfds.core.DatasetBuilder:
       'filesystem every process sees, or prepare the data on every machine before launch '
       '(python -m aaf_jax.data.build).'
     )
-  if not builder.is_prepared():
-    manual_dir = data_cfg.get('manual_dir')
-    if cls.MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
-      raise ValueError(
-        f'Dataset {data_cfg.name!r} is not prepared in {data_dir} and '
-        'config.data.manual_dir is not set: point it at the extracted official files.'
-      )
-    download_config = tfds.download.DownloadConfig(
-      manual_dir=os.path.expanduser(os.fspath(manual_dir)) if manual_dir else None
-    )
-    builder.download_and_prepare(download_config=download_config)
+  if builder.is_prepared():
+    return builder
+  with _preparation_lock(data_dir, data_cfg.name):
+    builder = cls(data_dir=data_dir, file_format=FILE_FORMAT, **kwargs)  # prepared meanwhile?
+    if not builder.is_prepared():
+      _prepare(builder, cls, data_cfg, data_dir)
   return builder
+
+
+@contextlib.contextmanager
+def _preparation_lock(data_dir: str, name: str):
+  """An exclusive lock (flock) on DATA_DIR/.NAME.prepare.lock, held while preparing `name`."""
+  os.makedirs(data_dir, exist_ok=True)
+  path = os.path.join(data_dir, f'.{name}.prepare.lock')
+  with open(path, 'a') as lock:
+    try:
+      fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      logging.info('Waiting for another job preparing dataset %r in %s (%s).', name, data_dir, path)
+      fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _prepare(builder, cls, data_cfg, data_dir: str) -> None:
+  manual_dir = data_cfg.get('manual_dir')
+  if cls.MANUAL_DOWNLOAD_INSTRUCTIONS and not manual_dir:
+    raise ValueError(
+      f'Dataset {data_cfg.name!r} is not prepared in {data_dir} and '
+      'config.data.manual_dir is not set: point it at the extracted official files.'
+    )
+  download_config = tfds.download.DownloadConfig(
+    manual_dir=os.path.expanduser(os.fspath(manual_dir)) if manual_dir else None
+  )
+  builder.download_and_prepare(download_config=download_config)
