@@ -69,12 +69,18 @@ def scores(counts, class_names) -> dict:
   A class with an empty union (no boundary pixel in truth or prediction) has no score (None)
   and is left out of the mean.
   """
-  intersection, union = np.asarray(counts, np.float64)
+  mean, per_class = class_ratios(*counts, class_names)
+  return {'boundary_iou': mean, 'per_class_boundary_iou': per_class}
+
+
+def class_ratios(numerator, denominator, class_names) -> tuple[float, dict]:
+  """(mean, {class: ratio or None}) of per-class `numerator / denominator` (NumPy, [C] each).
+
+  A class whose denominator is 0 has no ratio (None) and is left out of the mean; the mean of
+  no class is 0.
+  """
+  numerator, denominator = np.asarray(numerator, np.float64), np.asarray(denominator, np.float64)
   with np.errstate(invalid='ignore', divide='ignore'):
-    iou = np.where(union > 0, intersection / union, np.nan)
-  return {
-    'boundary_iou': float(np.nanmean(iou)) if np.any(union > 0) else 0.0,
-    'per_class_boundary_iou': {
-      name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)
-    },
-  }
+    ratio = np.where(denominator > 0, numerator / denominator, np.nan)
+  mean = float(np.nanmean(ratio)) if np.any(denominator > 0) else 0.0
+  return mean, {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, ratio)}

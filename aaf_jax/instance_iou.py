@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from aaf_jax import boundary
+
 VOC_INSTANCE_VALUES = 256  # SegmentationObject is a uint8 palette PNG; 255 is the band
 _VOC_BAND = 255
 
@@ -62,15 +64,8 @@ def voc_instance_scores(sums, class_names) -> dict:
 
   A class without instances has no score (None) and is left out of the mean.
   """
-  weighted, count = np.asarray(sums, np.float64)
-  with np.errstate(invalid='ignore', divide='ignore'):
-    iou = np.where(count > 0, weighted / count, np.nan)
-  return {
-    'instance_miou': float(np.nanmean(iou)) if np.any(count > 0) else 0.0,
-    'per_class_instance_iou': {
-      name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)
-    },
-  }
+  mean, per_class = boundary.class_ratios(*np.asarray(sums), class_names)
+  return {'instance_miou': mean, 'per_class_instance_iou': per_class}
 
 
 CITYSCAPES_ID_SPAN = 1000  # instanceIds: labelId * 1000 + k for objects, the labelId otherwise
