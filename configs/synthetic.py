@@ -1,7 +1,7 @@
 """The main job: AAF on the built-in synthetic shapes dataset, small enough for a 2-core CPU.
 
-64 px images and crops, batch 8, 4500 steps of a ResNet-10 PSPNet (stages 16-128 channels wide)
-at output stride 4; thin strokes of 3-5 px.
+64 px images, 48 px crops, batch 8, 6000 steps of a ResNet-10 PSPNet (stages 16-128 channels
+wide) at output stride 4; thin strokes of 3-5 px.
 
     python launch.py --config=configs/synthetic.py --workdir=DIR          # loss 'aaf'
     python launch.py --config=configs/synthetic.py:ce --workdir=DIR       # or affinity, aaf
@@ -13,7 +13,7 @@ from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, loss='aaf', steps=4500, batch=8, data_dir='~/tensorflow_datasets')
+  args = common.parse_arg(arg, loss='aaf', steps=6000, batch=8, data_dir='~/tensorflow_datasets')
   config = common.base_config(args.loss, 'pspnet_tiny')
   config.seed = 0
   config.num_train_steps = args.steps
@@ -35,7 +35,9 @@ def get_config(arg=None):
   config.data.name = 'synthetic'
   config.data.data_dir = args.data_dir
   config.data.train_split, config.data.eval_split = 'train', 'validation'
-  config.data.crop_size = 64
+  # 48 px crops of the 64 px images (scaled by 0.75-1.25) cost about half a 64 px crop's step
+  # on the CPU, and per step they train as well: 6000 such steps fit where 4500 did not.
+  config.data.crop_size = 48
   config.data.min_scale, config.data.max_scale = 0.75, 1.25
   config.data.eval_size = (64, 64)
   config.data.synthetic.image_size = 64

@@ -1,0 +1,85 @@
+"""The main job's train step at other crop sizes and batch sizes: ms per step and images/s.
+
+Builds the main job's network and optimizer (configs/synthetic.py) once per (batch, crop)
+setting and times the jitted update on one fixed random batch, rounds alternating between the
+settings so the load of a shared machine hits all alike. No dataset is needed.
+
+    python benchmarks/crop_batch.py --settings 8x64 8x48 16x48 --loss aaf
+"""
+
+import argparse
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from aaf_jax import models, optim, step
+from configs import synthetic
+
+NUM_CLASSES = 7  # the synthetic set's
+
+
+def build(loss: str, batch: int, crop: int):
+  """(jitted step, state, batch) for the main job's config at this batch and crop size."""
+  config = synthetic.get_config(f'{loss},batch={batch}')
+  config.unlock()
+  config.data.crop_size = crop
+  config.lock()
+  model = models.build_model(config.model, num_classes=NUM_CLASSES)
+  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  init = step.init_state_fn(model, tx, config, NUM_CLASSES, crop)
+  state = jax.jit(init)(jax.random.key(0))
+  train_step = jax.jit(step.make_train_step(model, tx, config, NUM_CLASSES), donate_argnums=0)
+  rng = np.random.default_rng(0)
+  data = {
+    'image': jnp.asarray(rng.normal(size=(batch, crop, crop, 3)), jnp.float32),
+    'label': jnp.asarray(rng.integers(0, NUM_CLASSES, size=(batch, crop, crop)), jnp.int32),
+  }
+  state, _, _ = train_step(state, data)  # compile
+  jax.block_until_ready(state)
+  return train_step, state, data
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--settings', nargs='+', default=['8x64', '8x48'], help='BATCHxCROP')
+  parser.add_argument('--loss', default='aaf', choices=['ce', 'affinity', 'aaf'])
+  parser.add_argument('--steps', type=int, default=30, help='timed steps per round')
+  parser.add_argument('--rounds', type=int, default=3)
+  args = parser.parse_args()
+
+  settings = []
+  for text in args.settings:
+    batch, _, crop = text.partition('x')
+    settings.append((int(batch), int(crop)))
+  built = {s: list(build(args.loss, *s)) for s in settings}
+  times = {s: [] for s in settings}
+  for _ in range(args.rounds):
+    for s, entry in built.items():
+      train_step, state, data = entry
+      start = time.perf_counter()
+      for _ in range(args.steps):
+        state, _, _ = train_step(state, data)
+      jax.block_until_ready(state)
+      times[s].append((time.perf_counter() - start) / args.steps)
+      entry[1] = state
+
+  print(
+    f'# {platform.node()}, {jax.devices()[0].device_kind}, jax {jax.__version__}, loss '
+    f'{args.loss}, median of {args.rounds} rounds of {args.steps} steps'
+  )
+  print('| batch x crop | ms per step | images/s | pixels/s (M) |')
+  print('|---|---|---|---|')
+  for (batch, crop), values in times.items():
+    seconds = statistics.median(values)
+    print(
+      f'| {batch} x {crop} | {1000 * seconds:.1f} | {batch / seconds:.0f} | '
+      f'{batch * crop * crop / seconds / 1e6:.2f} |'
+    )
+
+
+if __name__ == '__main__':
+  main()
