@@ -327,16 +327,34 @@ def restore_network(workdir: str, config, init, state_sharding, rng, num_classes
     step = checkpointer.latest_step()
     if step is None:
       raise errors.MissingFileError(f'--mode=eval: no checkpoint in {checkpointer.directory}.')
-    check_meta(
-      checkpointer.meta(step),
-      config,
-      num_classes,
-      f'workdir {checkpointer.directory}',
-      network_only=True,
-    )
+    try:
+      meta = checkpointer.meta(step)
+    except Exception as e:  # Orbax and TensorStore raise many types; any means unreadable
+      raise _unreadable_for_eval(checkpointer, step, 'meta', e) from e
+    check_meta(meta, config, num_classes, f'workdir {checkpointer.directory}', network_only=True)
     abstract = _abstract(jax.eval_shape(init, rng), state_sharding)
-    network = checkpointer.restore_step(step, abstract, network_only=True)['state']
+    try:
+      network = checkpointer.restore_step(step, abstract, network_only=True)['state']
+    except Exception as e:
+      raise _unreadable_for_eval(checkpointer, step, 'state', e) from e
   return network, step
+
+
+def _unreadable_for_eval(checkpointer, step: int, part: str, error: Exception):
+  """--mode=eval leaves the workdir as it is: it names the damage and what the user can do."""
+  older = [s for s in checkpointer.all_steps() if s < step]
+  choice = (
+    f'to evaluate an older one ({", ".join(map(str, older))}), move '
+    f'{checkpointer.step_dir(step)} aside'
+    if older
+    else 'there is no older checkpoint to evaluate'
+  )
+  return DamagedCheckpointError(
+    f'--mode=eval: the latest checkpoint, step {step}, cannot be read '
+    f'({os.path.join(checkpointer.step_dir(step), part)}: {_describe(error)}); nothing was '
+    f'moved or written. A training run on this workdir moves it aside and resumes from the '
+    f'newest intact one; {choice}.'
+  )
 
 
 def network_shardings(state_sharding) -> dict:

@@ -1,6 +1,7 @@
 """A damaged latest checkpoint is reported in one line, moved aside, and the run resumes from the
 newest intact one to the same result as an uninterrupted run; with none intact, or a damaged
-init checkpoint or pretrained file, the error names the files (and the config field).
+init checkpoint or pretrained file, the error names the files (and the config field). `--mode=eval`
+names a damaged latest checkpoint and changes nothing in the workdir.
 """
 
 import glob
@@ -138,11 +139,34 @@ def test_no_intact_checkpoint_is_one_error_and_nothing_moves(broken, restore_tar
   assert sorted(os.listdir(broken / 'checkpoints')) == ['4', '6', '8']
 
 
-def test_a_damaged_init_checkpoint_names_the_field(finished, broken, tmp_path):
-  for path in glob.glob(
-    str(broken / 'checkpoints' / '8' / 'state' / 'ocdbt.process_0' / 'd' / '*')
-  ):
+def _truncate_every_array(step_dir):
+  for path in glob.glob(os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd', '*')):
     os.truncate(path, os.path.getsize(path) // 3)
+
+
+EVAL_DAMAGES = {'state': _truncate_every_array, 'meta': DAMAGES['meta'][1]}
+
+
+@pytest.mark.parametrize('part', sorted(EVAL_DAMAGES))
+def test_eval_of_a_damaged_latest_checkpoint_names_it_and_changes_nothing(finished, broken, part):
+  EVAL_DAMAGES[part](str(broken / 'checkpoints' / '8'))
+  before = sorted(str(p.relative_to(broken)) for p in broken.rglob('*'))
+  with pytest.raises(checkpoint.DamagedCheckpointError) as info:
+    train.evaluate_checkpoint(_config(finished[0]), str(broken))
+  message = str(info.value)
+  assert message.startswith(
+    f'--mode=eval: the latest checkpoint, step 8, cannot be read '
+    f'({broken / "checkpoints" / "8" / part}: '
+  )
+  assert message.endswith(
+    f'to evaluate an older one (4, 6), move {broken / "checkpoints" / "8"} aside.'
+  )
+  assert '\n' not in message
+  assert sorted(str(p.relative_to(broken)) for p in broken.rglob('*')) == before
+
+
+def test_a_damaged_init_checkpoint_names_the_field(finished, broken, tmp_path):
+  _truncate_every_array(str(broken / 'checkpoints' / '8'))
   config = _config(finished[0], init_checkpoint=str(broken))
   with pytest.raises(checkpoint.DamagedCheckpointError) as info:
     train.train_and_evaluate(config, str(tmp_path / 'work'))
