@@ -38,7 +38,10 @@ def build(loss: str, batch: int, crop: int):
     'image': jnp.asarray(rng.normal(size=(batch, crop, crop, 3)), jnp.float32),
     'label': jnp.asarray(rng.integers(0, NUM_CLASSES, size=(batch, crop, crop)), jnp.int32),
   }
-  state, _, _ = train_step(state, data)  # compile
+  # Two warm-up steps: the first compiles for the initial state's placement, the second for
+  # the placement of a step's output (one more compile, then none).
+  for _ in range(2):
+    state, _, _ = train_step(state, data)
   jax.block_until_ready(state)
   return train_step, state, data
 
