@@ -13,7 +13,8 @@ for a slow dataset build. On top of it:
 - a watchdog thread: every process publishes a heartbeat; process 0 notices one that stopped
   (killed, crashed, hung) and a process that fails announces it, and every process then stops
   at once with one error naming the process and why, instead of hanging at its next collective
-  or being aborted natively by JAX a minute later. If process 0 itself dies, JAX stops the
+  or being aborted natively by JAX a minute later. A collective that fails because its peer
+  died (gloo's 'Connection reset by peer' on CPU) waits for the watchdog to name that peer. If process 0 itself dies, JAX stops the
   others at once (its coordination service is gone).
 """
 
@@ -201,6 +202,8 @@ def stop_all_on_failure():
       status = 2
     else:
       status = _FAILED_STATUS
+    if _peer_failure_suspected(e):
+      _let_the_watchdog_name_the_peer(e)
     _state.exit_status = status
     _announce_stop(
       f'process {_state.process_id} of {_state.num_processes} failed: '
@@ -208,6 +211,43 @@ def stop_all_on_failure():
       status,
     )
     raise
+
+
+# What a CPU collective (gloo) raises when the process at the other end of a socket has died.
+_PEER_LOST_MARKERS = (
+  'gloo',
+  'Connection reset by peer',
+  'Connection closed by peer',
+  'Broken pipe',
+)
+
+
+def _peer_failure_suspected(error: BaseException) -> bool:
+  """Whether `error` is a collective that failed because another process went away."""
+  if type(error).__name__ not in ('XlaRuntimeError', 'JaxRuntimeError'):  # jaxlib's names
+    return False
+  text = str(error)
+  return any(marker in text for marker in _PEER_LOST_MARKERS)
+
+
+def _let_the_watchdog_name_the_peer(error: BaseException) -> None:
+  """A collective failed because a peer went away: give the watchdog the time it needs to name
+  that process (it ends this one with the heartbeat message), instead of reporting the socket
+  error, which names no process. Returns only if the watchdog finds nobody by then."""
+  watchdog = _state.watchdog
+  if watchdog is None or not watchdog.is_alive():
+    return
+  wait_s = watchdog.timeout_s + 5 * watchdog.interval_s
+  logging.warning(
+    'Process %d: a collective failed (%s); waiting up to %g s for the watchdog to tell which '
+    'process stopped.',
+    _state.process_id,
+    errors.one_line(error)[:200],
+    wait_s,
+  )
+  deadline = time.monotonic() + wait_s
+  while time.monotonic() < deadline and watchdog.is_alive():
+    time.sleep(0.1)
 
 
 def _announce_stop(message: str, status: int) -> None:
@@ -254,8 +294,8 @@ class _Watchdog(threading.Thread):
 
   def __init__(self, timeout_s: float):
     super().__init__(name='aaf-jax-watchdog', daemon=True)
-    self._timeout_s = float(timeout_s)
-    self._interval_s = min(1.0, self._timeout_s / 10)
+    self.timeout_s = float(timeout_s)
+    self.interval_s = min(1.0, self.timeout_s / 10)
     self._stopping = threading.Event()
     self.dead = set()  # processes this one (process 0) found silent
 
@@ -267,7 +307,7 @@ class _Watchdog(threading.Thread):
     client, me = _state.client, _state.process_id
     beat = 0
     last_change = {}  # process -> (its last heartbeat value, when it changed)
-    while not self._stopping.wait(self._interval_s):
+    while not self._stopping.wait(self.interval_s):
       beat += 1
       try:
         client.key_value_set(f'{_PREFIX}heartbeat/{me}', str(beat), allow_overwrite=True)
@@ -293,7 +333,7 @@ class _Watchdog(threading.Thread):
         names = ', '.join(str(p) for p in silent)
         message = (
           f'process {names} of {_state.num_processes} sent no heartbeat for '
-          f'{self._timeout_s:g} s (killed, crashed or hung). Restart every process to resume '
+          f'{self.timeout_s:g} s (killed, crashed or hung). Restart every process to resume '
           'from the last checkpoint'
         )
         with contextlib.suppress(Exception):
@@ -310,7 +350,7 @@ class _Watchdog(threading.Thread):
       beat = beats.get(f'{_PREFIX}heartbeat/{process}')
       if process not in last_change or last_change[process][0] != beat:
         last_change[process] = (beat, now)
-      elif process not in done and now - last_change[process][1] > self._timeout_s:
+      elif process not in done and now - last_change[process][1] > self.timeout_s:
         silent.append(process)
     return silent
 

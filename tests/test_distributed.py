@@ -106,3 +106,76 @@ def test_job_flag_mistakes_are_one_line(tmp_path, flags, expected):
   )
   assert result.returncode == 2, result.stderr
   assert result.stderr.strip().splitlines()[-1].startswith(f'error: {expected}'), result.stderr
+
+
+class _FakeClient:
+  """The coordination service's key-value calls, recorded."""
+
+  def __init__(self, events):
+    self.events = events
+
+  def key_value_set(self, key, value, allow_overwrite=False):
+    self.events.append(f'set {key}')
+
+  def key_value_dir_get(self, prefix):
+    return []
+
+
+class _FakeWatchdog:
+  """A watchdog that is still running for its first two checks, then gone (as when it ends the
+  process after naming a silent peer)."""
+
+  timeout_s, interval_s = 0.5, 0.05
+
+  def __init__(self, events):
+    self.events, self.checks = events, 0
+
+  def is_alive(self):
+    self.checks += 1
+    if self.checks == 3:
+      self.events.append('watchdog ended')
+    return self.checks < 3
+
+
+class XlaRuntimeError(RuntimeError):
+  """Named like jaxlib's error, which is what a failed collective raises."""
+
+
+@pytest.mark.parametrize(
+  'error, waits',
+  [
+    (
+      XlaRuntimeError(
+        'INTERNAL: [gloo/transport/tcp/pair.cc:538] Read error: Connection reset by peer'
+      ),
+      True,
+    ),
+    (RuntimeError('a bug in process 1'), False),
+    (XlaRuntimeError('RESOURCE_EXHAUSTED: out of memory'), False),
+  ],
+)
+def test_a_collective_that_lost_its_peer_waits_for_the_watchdog_to_name_it(
+  monkeypatch, error, waits
+):
+  # A peer killed mid-collective can make gloo raise 'Connection reset by peer' on this
+  # process before the watchdog notices the silence; that error names no process, so the
+  # failure path gives the watchdog its time first. Other errors are announced at once.
+  events = []
+  watchdog = _FakeWatchdog(events)
+  for name, value in [
+    ('client', _FakeClient(events)),
+    ('watchdog', watchdog),
+    ('process_id', 1),
+    ('num_processes', 2),
+    ('exit_status', None),
+  ]:
+    monkeypatch.setattr(distributed._state, name, value)
+  with pytest.raises(type(error)):
+    with distributed.stop_all_on_failure():
+      raise error
+  announced = events.index('set aaf_jax/stop/1')
+  if waits:
+    assert events.index('watchdog ended') < announced, events
+  else:
+    assert watchdog.checks == 0 and 'watchdog ended' not in events, events
+  assert distributed._state.exit_status == 1
