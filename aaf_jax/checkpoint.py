@@ -277,19 +277,35 @@ def load_init_checkpoint(config, state, state_sharding, num_classes: int):
         f'config.init_checkpoint={path!r}: no checkpoint in {source.directory}.'
       )
     where = f'config.init_checkpoint={path!r}'
-    try:
-      meta = source.meta(step)
-    except Exception as e:  # Orbax and TensorStore raise many types; any means unreadable
-      raise _unreadable_init(where, source.step_dir(step), 'meta', e) from e
     # A CE run may initialise an AAF run: only the network must match.
-    check_meta(meta, config, num_classes, where, network_only=True)
-    try:
-      network = source.restore_step(step, _abstract(state, state_sharding), network_only=True)
-    except Exception as e:
-      raise _unreadable_init(where, source.step_dir(step), 'state', e) from e
-    network = network['state']
+    network = _read_network(
+      source,
+      step,
+      _abstract(state, state_sharding),
+      config,
+      num_classes,
+      where,
+      lambda part, e: _unreadable_init(where, source.step_dir(step), part, e),
+    )
   logging.info('Initialised the network from %s (step %d).', source.directory, step)
   return _with_network(state, network)
+
+
+def _read_network(checkpointer, step, abstract, config, num_classes, where, unreadable):
+  """The network part of checkpoint `step`, after checking that its network fields match.
+
+  A part that cannot be read (Orbax and TensorStore raise many types; any means unreadable)
+  raises `unreadable(part, error)`, the caller's error for it.
+  """
+  try:
+    meta = checkpointer.meta(step)
+  except Exception as e:
+    raise unreadable('meta', e) from e
+  check_meta(meta, config, num_classes, where, network_only=True)
+  try:
+    return checkpointer.restore_step(step, abstract, network_only=True)['state']
+  except Exception as e:
+    raise unreadable('state', e) from e
 
 
 def _unreadable_init(where: str, step_dir: str, part: str, error: Exception):
@@ -327,16 +343,15 @@ def restore_network(workdir: str, config, init, state_sharding, rng, num_classes
     step = checkpointer.latest_step()
     if step is None:
       raise errors.MissingFileError(f'--mode=eval: no checkpoint in {checkpointer.directory}.')
-    try:
-      meta = checkpointer.meta(step)
-    except Exception as e:  # Orbax and TensorStore raise many types; any means unreadable
-      raise _unreadable_for_eval(checkpointer, step, 'meta', e) from e
-    check_meta(meta, config, num_classes, f'workdir {checkpointer.directory}', network_only=True)
-    abstract = _abstract(jax.eval_shape(init, rng), state_sharding)
-    try:
-      network = checkpointer.restore_step(step, abstract, network_only=True)['state']
-    except Exception as e:
-      raise _unreadable_for_eval(checkpointer, step, 'state', e) from e
+    network = _read_network(
+      checkpointer,
+      step,
+      _abstract(jax.eval_shape(init, rng), state_sharding),
+      config,
+      num_classes,
+      f'workdir {checkpointer.directory}',
+      lambda part, e: _unreadable_for_eval(checkpointer, step, part, e),
+    )
   return network, step
 
 

@@ -14,8 +14,8 @@ for a slow dataset build. On top of it:
   (killed, crashed, hung) and a process that fails announces it, and every process then stops
   at once with one error naming the process and why, instead of hanging at its next collective
   or being aborted natively by JAX a minute later. A collective that fails because its peer
-  died (gloo's 'Connection reset by peer' on CPU) waits for the watchdog to name that peer. If process 0 itself dies, JAX stops the
-  others at once (its coordination service is gone).
+  died (gloo's 'Connection reset by peer' on CPU) waits for the watchdog to name that peer. If
+  process 0 itself dies, JAX stops the others at once (its coordination service is gone).
 """
 
 import atexit

@@ -60,10 +60,11 @@ def get_builder(data_cfg, prepare: bool = True) -> tfds.core.DatasetBuilder:
 
   Prepared data in `data_cfg.data_dir` is reused. Independent jobs on one machine (sweep shards,
   say) that find the same data missing prepare it one at a time under a file lock in data_dir:
-  the first builds it, the others then find it prepared. A leading `~` in data_dir or manual_dir means
-  the user's home (unexpanded, TFDS would create a literal `./~` folder). A builder class may
-  define a classmethod `builder_kwargs(data_cfg) -> dict` for extra constructor arguments (the
-  synthetic set passes its generation options this way, so each option set gets its own folder).
+  the first builds it, the others then find it prepared. A leading `~` in data_dir or
+  manual_dir means the user's home (unexpanded, TFDS would create a literal `./~` folder). A
+  builder class may define a classmethod `builder_kwargs(data_cfg) -> dict` for extra
+  constructor arguments (the synthetic set passes its generation options this way, so each
+  option set gets its own folder).
   """
   cls = builder_class(data_cfg.name)
   data_dir = data_cfg.get('data_dir')
