@@ -2,7 +2,8 @@
 
 Builds the main job's network and optimizer (configs/synthetic.py) once per (batch, crop)
 setting and times the jitted update on one fixed random batch, rounds alternating between the
-settings so the load of a shared machine hits all alike. No dataset is needed.
+settings so the load of a shared machine hits all alike. No dataset is needed. The step is
+built as benchmarks/main_job.py builds it.
 
     python benchmarks/crop_batch.py --settings 8x64 8x48 16x48 --loss aaf
 """
@@ -15,8 +16,8 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from main_job import build_step  # benchmarks/ is on the path when this runs as a script
 
-from aaf_jax import models, optim, step
 from configs import synthetic
 
 NUM_CLASSES = 7  # the synthetic set's
@@ -28,11 +29,7 @@ def build(loss: str, batch: int, crop: int):
   config.unlock()
   config.data.crop_size = crop
   config.lock()
-  model = models.build_model(config.model, num_classes=NUM_CLASSES)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  init = step.init_state_fn(model, tx, config, NUM_CLASSES, crop)
-  state = jax.jit(init)(jax.random.key(0))
-  train_step = jax.jit(step.make_train_step(model, tx, config, NUM_CLASSES), donate_argnums=0)
+  state, train_step = build_step(config, NUM_CLASSES)
   rng = np.random.default_rng(0)
   data = {
     'image': jnp.asarray(rng.normal(size=(batch, crop, crop, 3)), jnp.float32),
