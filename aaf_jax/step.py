@@ -72,27 +72,33 @@ def make_loss_fn(model, config, num_classes: int):
   aux_weight = float(config.model.aux_weight)
 
   def loss_fn(params, batch_stats, images, labels, step, rng):
-    outputs, updates = model.apply(
-      {'params': params['model'], 'batch_stats': batch_stats},
-      images,
-      train=True,
-      mutable=['batch_stats'],
-      rngs={'dropout': rng},
-    )
+    # The named scopes label the compiled program's ops (their HLO op_name), so a profile can
+    # split kernel time into network, cross-entropy, affinity loss and optimizer
+    # (benchmarks/step_profile.py); they change nothing else.
+    with jax.named_scope('network'):
+      outputs, updates = model.apply(
+        {'params': params['model'], 'batch_stats': batch_stats},
+        images,
+        train=True,
+        mutable=['batch_stats'],
+        rngs={'dropout': rng},
+      )
     logits = outputs['logits'].astype(jnp.float32)  # [N,h,w,C]
-    ce, pixel_acc, small_labels = cross_entropy(logits, labels, num_classes)
-    total = ce
-    if 'aux_logits' in outputs and aux_weight > 0:
-      aux_logits = outputs['aux_logits'].astype(jnp.float32)
-      total += aux_weight * cross_entropy(aux_logits, labels, num_classes)[0]
+    with jax.named_scope('cross_entropy'):
+      ce, pixel_acc, small_labels = cross_entropy(logits, labels, num_classes)
+      total = ce
+      if 'aux_logits' in outputs and aux_weight > 0:
+        aux_logits = outputs['aux_logits'].astype(jnp.float32)
+        total += aux_weight * cross_entropy(aux_logits, labels, num_classes)[0]
     edge = nonedge = jnp.zeros(())
-    affinity_terms = kind.terms(
-      jax.nn.softmax(logits, axis=-1),
-      small_labels,
-      num_classes=num_classes,
-      loss_cfg=loss_cfg,
-      tables=params.get('aaf'),
-    )
+    with jax.named_scope('affinity_loss'):
+      affinity_terms = kind.terms(
+        jax.nn.softmax(logits, axis=-1),
+        small_labels,
+        num_classes=num_classes,
+        loss_cfg=loss_cfg,
+        tables=params.get('aaf'),
+      )
     if affinity_terms is not None:
       edge, nonedge = affinity_terms
       scale = (
@@ -149,12 +155,11 @@ def make_train_step(model, tx, config, num_classes: int):
       )
       grads = jax.tree.map(lambda g: g / accum, grad_sum)
       loss, terms = jnp.mean(losses), jax.tree.map(jnp.mean, terms)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    with jax.named_scope('optimizer'):
+      updates, opt_state = tx.update(grads, state.opt_state, state.params)
+      new_params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
-      step=state.step + 1,
-      params=optax.apply_updates(state.params, updates),
-      batch_stats=batch_stats,
-      opt_state=opt_state,
+      step=state.step + 1, params=new_params, batch_stats=batch_stats, opt_state=opt_state
     )
     finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
     step_metrics = TrainMetrics.single_from_model_output(

@@ -1,0 +1,311 @@
+"""Train-step figures for a GPU lease: ce against aaf, each dilated-conv form, MFU, memory, profile.
+
+One process, planned for a short device lease (a ResNet-101 step compiles in about a minute on
+an H200):
+- the state is filled on the host from `jax.eval_shape(init)` (random values: the step's time
+  does not depend on them), so no init program is compiled;
+- every (loss kind, conv form) step of one crop is traced in turn, then all are compiled at once
+  in threads;
+- at the first crop every form in `--forms` runs; later crops run only the form measured faster;
+- each table row is printed (and flushed) the moment it is measured;
+- `--profile_dir` traces 3 steps of the last kind at the first crop with the faster form and
+  prints kernel time by part of the step (network forward and backward, cross-entropy, affinity
+  loss, optimizer; the parts are `jax.named_scope`s in aaf_jax/step.py) and the top kernels.
+
+FLOPs come from the step's jaxpr (benchmarks/train_step.py's count_flops). Needs no TensorFlow.
+
+    python benchmarks/step_suite.py --preset=pspnet_resnet101 --batch=8 --dtype=bfloat16 \
+        --crops 336 720 --forms space_to_batch native --peak_tflops=615 --profile_dir=/tmp/prof
+"""
+
+import argparse
+import collections
+import concurrent.futures
+import glob
+import platform
+import re
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from train_step import count_flops, random_batch  # benchmarks/ is on the path as a script
+
+from aaf_jax import models, optim, step
+from configs import common
+
+PARTS = ('network forward', 'network backward', 'cross-entropy', 'affinity loss', 'optimizer')
+
+
+def host_state(init_fn, seed=0):
+  """A TrainState of init_fn's structure, filled on the host: nothing is compiled."""
+  shapes = jax.eval_shape(init_fn, jax.random.key(seed))
+  rng = np.random.default_rng(seed)
+
+  def fill(path, leaf):
+    name = jax.tree_util.keystr(path)
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    if 'var' in name or 'scale' in name:
+      return jnp.ones(leaf.shape, leaf.dtype)
+    return jnp.asarray(0.02 * rng.standard_normal(leaf.shape), leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def build(args, kind, form, crop):
+  config = common.base_config(kind, args.preset)
+  config.num_train_steps = 1000
+  config.batch_size = args.batch
+  config.compute_dtype = args.dtype
+  if form:
+    config.model.dilated_conv = form
+  model = models.build_model(
+    config.model, num_classes=args.classes, dtype=step.COMPUTE_DTYPES[args.dtype]
+  )
+  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  state = host_state(step.init_state_fn(model, tx, config, args.classes, crop))
+  train_step = step.make_train_step(model, tx, config, args.classes)
+  return state, train_step
+
+
+def prepare(args, kinds, forms, crop):
+  """Trace every (kind, form) step, then compile them all at once in threads."""
+  batch = random_batch(args.batch, crop, args.classes)
+  runs = {}
+  for kind in kinds:
+    for form in forms:
+      state, train_step = build(args, kind, form, crop)
+      traced = jax.jit(train_step, donate_argnums=0).trace(state, batch)
+      runs[kind, form] = dict(
+        state=state, flops=count_flops(traced.jaxpr.jaxpr), lowered=traced.lower(), times=[]
+      )
+  start = time.perf_counter()
+
+  def compile_run(run):
+    t0 = time.perf_counter()
+    run['compiled'] = run['lowered'].compile()
+    run['compile_s'] = time.perf_counter() - t0
+
+  with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
+    list(pool.map(compile_run, runs.values()))
+  each = ', '.join(f'{run["compile_s"]:.0f} s' for run in runs.values())
+  print(
+    f'# compiled {len(runs)} steps at crop {crop} in {time.perf_counter() - start:.1f} s '
+    f'(each: {each})',
+    flush=True,
+  )
+  return runs, batch
+
+
+def time_runs(runs, batch, steps, rounds):
+  for run in runs.values():  # two warm-up steps: the second may still settle placements
+    for _ in range(2):
+      run['state'], _, _ = run['compiled'](run['state'], batch)
+    jax.block_until_ready(run['state'])
+  for _ in range(rounds):  # alternate so machine noise hits every run alike
+    for run in runs.values():
+      start = time.perf_counter()
+      for _ in range(steps):
+        run['state'], _, _ = run['compiled'](run['state'], batch)
+      jax.block_until_ready(run['state'])
+      run['times'].append((time.perf_counter() - start) / steps)
+
+
+def memory_gib(compiled):
+  """Arguments + outputs - aliased (donated) + temporaries of one program, in GiB."""
+  m = compiled.memory_analysis()
+  if m is None:
+    return float('nan')
+  total = m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
+  return (total + m.temp_size_in_bytes) / 2**30
+
+
+def print_table(runs, args, crop):
+  print(f'\n### crop {crop}, batch {args.batch}, {args.classes} classes, {args.dtype}')
+  print(
+    '| loss | dilated conv | step ms | images/s | GFLOPs/image | TFLOP/s | MFU | '
+    'vs ce | program GiB |'
+  )
+  print('|---|---|---|---|---|---|---|---|---|')
+  for (kind, form), run in runs.items():
+    t = statistics.median(run['times'])
+    base = statistics.median(runs['ce', form]['times']) if ('ce', form) in runs else t
+    achieved = run['flops'] / t / 1e12
+    mfu = f'{achieved / args.peak_tflops:.3f}' if args.peak_tflops else '-'
+    print(
+      f'| {kind} | {form or "(config default)"} | {1e3 * t:.2f} | {args.batch / t:.1f} | '
+      f'{run["flops"] / args.batch / 1e9:.1f} | {achieved:.1f} | {mfu} | {t / base:.3f} | '
+      f'{memory_gib(run["compiled"]):.2f} |',
+      flush=True,
+    )
+
+
+def faster_form(runs, forms):
+  """The form whose slowest kind is fastest (every form ran every kind)."""
+
+  def slowest(form):
+    return max(statistics.median(r['times']) for (_, f), r in runs.items() if f == form)
+
+  return min(forms, key=slowest)
+
+
+def op_names(hlo_text):
+  """HLO instruction name -> an op_name for it, from a compiled module's text.
+
+  An instruction's own metadata op_name where it has one; else (a fusion or call whose own
+  metadata is empty) the first op_name inside the computation it calls; else (an op XLA made,
+  such as a kernel gradient's convolution) its operands'.
+  """
+  header = re.compile(r'^\s*(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$')
+  instruction = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+) = ')
+  own, calls, operands = {}, {}, {}
+  inside, computation = collections.defaultdict(list), None
+  for line in hlo_text.splitlines():
+    match = instruction.match(line)
+    if match is None:
+      match = header.match(line)
+      if match:
+        computation = match.group(1)
+      continue
+    name = match.group(1)
+    op_name = re.search(r'op_name="([^"]*)"', line)
+    if op_name:
+      own[name] = op_name.group(1)
+      inside[computation].append(op_name.group(1))
+    called = re.search(r'(?:calls|to_apply)=%?([\w.\-]+)', line)
+    if called:
+      calls[name] = called.group(1)
+    operands[name] = re.findall(r'%([\w.\-]+)', line.split(' = ', 1)[1].split('),', 1)[0])
+  names = dict(own)
+  for name, callee in calls.items():
+    if name not in names and inside[callee]:
+      names[name] = inside[callee][0]
+  for _ in range(3):  # operands of operands, a few levels deep
+    for name, args in operands.items():
+      known = [names[a] for a in args if a in names]
+      if name not in names and known:
+        # An op fed by a backward op is part of the backward (a kernel gradient reads the
+        # forward activations too).
+        names[name] = next((n for n in known if 'transpose(' in n), known[0])
+  return names
+
+
+def part_of(op_name):
+  """Which part of the step an op belongs to, from the named scopes in aaf_jax/step.py."""
+  if 'optimizer' in op_name:
+    return 'optimizer'
+  if 'affinity_loss' in op_name:
+    return 'affinity loss'
+  if 'cross_entropy' in op_name:
+    return 'cross-entropy'
+  if 'network' in op_name:
+    return 'network backward' if 'transpose(' in op_name else 'network forward'
+  return 'other'
+
+
+def kernel_events(xspace_path, module_hint):
+  """(kernel name, hlo_op, ns) of every device kernel of the step (host ops on a CPU backend)."""
+  from jax.profiler import ProfileData  # jaxlib's reader; needs no TensorFlow
+
+  data = ProfileData.from_file(xspace_path)
+  device, host = [], []
+  for plane in data.planes:
+    for line in plane.lines:
+      for event in line.events:
+        stats = dict(event.stats)
+        hlo_op, module = stats.get('hlo_op'), str(stats.get('hlo_module', ''))
+        if hlo_op is None or module_hint not in module:
+          continue
+        row = (event.name, str(hlo_op), float(event.duration_ns))
+        (device if plane.name.startswith('/device:') else host).append(row)
+  return device or host, 'device' if device else 'host'
+
+
+def profile(run, batch, profile_dir, steps=3, top=12):
+  for _ in range(2):
+    run['state'], _, _ = run['compiled'](run['state'], batch)
+  jax.block_until_ready(run['state'])
+  with jax.profiler.trace(profile_dir):
+    for _ in range(steps):
+      run['state'], _, _ = run['compiled'](run['state'], batch)
+    jax.block_until_ready(run['state'])
+  paths = sorted(glob.glob(f'{profile_dir}/**/*.xplane.pb', recursive=True))
+  if not paths:
+    print(f'no profile was written under {profile_dir}', flush=True)
+    return
+  events, where = kernel_events(paths[-1], 'train_step')
+  names = op_names(run['compiled'].as_text())
+  by_part = collections.Counter()
+  by_kernel = collections.defaultdict(lambda: [0.0, 0, ''])
+  for kernel, hlo_op, ns in events:
+    op_name = names.get(hlo_op, '')
+    by_part[part_of(op_name)] += ns
+    entry = by_kernel[kernel]
+    entry[0] += ns
+    entry[1] += 1
+    entry[2] = entry[2] or f'{hlo_op}: {op_name}'
+  total = sum(by_part.values())
+  if not total:
+    print(f'the profile holds no {where} kernel of the step', flush=True)
+    return
+  print(f'\n### profile: {steps} steps, {where} kernel time {total / steps / 1e6:.2f} ms per step')
+  print('| part | ms per step | share |')
+  print('|---|---|---|')
+  for part in (*PARTS, 'other'):
+    print(f'| {part} | {by_part[part] / steps / 1e6:.3f} | {by_part[part] / total:.1%} |')
+  print('\n| top kernels | calls per step | ms per step | share | first HLO op: op_name |')
+  print('|---|---|---|---|---|')
+  for kernel, (ns, calls, where_from) in sorted(by_kernel.items(), key=lambda kv: -kv[1][0])[:top]:
+    print(
+      f'| `{kernel[:60]}` | {calls / steps:g} | {ns / steps / 1e6:.3f} | {ns / total:.1%} | '
+      f'{where_from[:110]} |'
+    )
+  print(flush=True)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--preset', default='pspnet_tiny')
+  parser.add_argument('--crops', type=int, nargs='+', default=[64])
+  parser.add_argument('--batch', type=int, default=2)
+  parser.add_argument('--classes', type=int, default=21)
+  parser.add_argument('--dtype', default='float32', choices=sorted(step.COMPUTE_DTYPES))
+  parser.add_argument('--kinds', nargs='+', default=['ce', 'aaf'])
+  parser.add_argument(
+    '--forms', nargs='+', default=[''], help="config.model.dilated_conv values ('' = default)"
+  )
+  parser.add_argument('--steps', type=int, default=5, help='timed steps per round')
+  parser.add_argument('--rounds', type=int, default=3)
+  parser.add_argument('--peak_tflops', type=float, default=0.0, help='for MFU (matmul_peak.py)')
+  parser.add_argument('--profile_dir', default='', help='trace the step and print a summary')
+  args = parser.parse_args()
+
+  device = jax.devices()[0]
+  print(
+    f'# {args.preset}; device {device.device_kind} x{jax.device_count()} '
+    f'({jax.default_backend()}), jax {jax.__version__}, {platform.node()}',
+    flush=True,
+  )
+  forms, profiled = list(args.forms), None
+  for index, crop in enumerate(args.crops):
+    runs, batch = prepare(args, args.kinds, forms, crop)
+    time_runs(runs, batch, args.steps, args.rounds)
+    print_table(runs, args, crop)
+    if index == 0:
+      forms = [faster_form(runs, forms)]
+      if len(args.forms) > 1:
+        print(f'\nfaster dilated-conv form at crop {crop}: {forms[0]}', flush=True)
+      profiled = (runs[args.kinds[-1], forms[0]], batch)
+      if args.profile_dir:
+        profile(*profiled, args.profile_dir)
+    for run in runs.values():
+      run.pop('compiled'), run.pop('lowered'), run.pop('state')
+  stats = device.memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    print(f'\npeak device memory over the run: {stats["peak_bytes_in_use"] / 2**30:.2f} GiB')
+
+
+if __name__ == '__main__':
+  main()
