@@ -200,6 +200,8 @@ def test_launch_names_a_bad_sweep_argument_before_anything_runs(tmp_path):
   assert out.returncode != 0 and "--shard='2/2'" in out.stderr
   out = launch('--sweep=loss.margin=[1.0,-2.0]')
   assert out.returncode != 0 and 'config.loss.margin=-2.0' in out.stderr
+  out = launch('--sweep=loss.margin=[1.0,2.0]', '--seeds=2', '--baseline=loss.margin=5.0')
+  assert out.returncode != 0 and "--baseline='loss.margin=5.0': names no grid point" in out.stderr
   assert not (tmp_path / 'sweep').exists() and not (tmp_path / 'tfds').exists()
 
 
