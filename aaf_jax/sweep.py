@@ -30,6 +30,7 @@ pairs. One pair gives the mean alone: one difference has no spread, so no interv
 """
 
 import ast
+import copy
 import dataclasses
 import itertools
 import json
@@ -117,7 +118,7 @@ def _set(config, field: str, value, where: str) -> None:
 
 def grid_config(config, overrides: dict, seed: int, arguments: dict):
   """A copy of `config` with a grid point's values and the seed; errors name the argument."""
-  run = config.copy_and_resolve_references()
+  run = copy.deepcopy(config)  # keeps a field typed `object` (eval.boundary_width) open to both
   for field, value in overrides.items():
     _set(run, field, value, arguments[field])
   base_kind = loss_kinds.get(config.loss.kind)

@@ -60,6 +60,8 @@ def test_grid_names_and_seeds(tmp_path):
   ]
   kinds = sweep.plan(synthetic.get_config(), str(tmp_path), ["loss.kind=['ce', 'affinity']"], 1)
   assert [r.config.loss.sizes for r in kinds] == [(1, 2, 3), (1,)]
+  widths = sweep.plan(synthetic.get_config(), str(tmp_path), ['eval.boundary_width=[3, 0.02]'], 1)
+  assert [r.config.eval.boundary_width for r in widths] == [3, 0.02]  # px, or a fraction
 
 
 @pytest.mark.parametrize(
