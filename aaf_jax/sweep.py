@@ -428,7 +428,7 @@ def paired_differences(summary: dict, baseline: dict) -> list[dict]:
   classes = next((list(g['per_class_iou']) for g in summary['groups'] if g['per_class_iou']), [])
   rows = []
   for group in summary['groups']:
-    if group['overrides'] == baseline:
+    if json.dumps(group['overrides']) == json.dumps(baseline):  # tuples read back as lists
       continue
     mine = by_group.get(json.dumps(group['overrides']), {})
     seeds = sorted(set(mine) & set(reference))

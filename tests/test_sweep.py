@@ -218,12 +218,15 @@ def test_t_quantiles_match_the_tables():
   assert round(T_975_1, 3) == 12.706 and round(T_975_2, 3) == 4.303
 
 
-def _hand_made_runs(tmp_path, scores, sweep_arguments, seeds):
-  """Run folders as a finished sweep leaves them: results.json (or failed.json for None)."""
+def _hand_made_runs(tmp_path, scores, sweep_arguments, seeds, field='margin'):
+  """Run folders as a finished sweep leaves them: results.json (or failed.json for None).
+
+  scores: {(config.loss.FIELD, seed): (mIoU, disc IoU) or None}.
+  """
   runs = sweep.plan(tiny_config(str(tmp_path)), str(tmp_path), sweep_arguments, seeds)
   for run in runs:
     os.makedirs(run.workdir)
-    miou, disc = scores[(run.config.loss.margin, run.seed)] or (None, None)
+    miou, disc = scores[(run.config.loss[field], run.seed)] or (None, None)
     fingerprint = run_record.fingerprint(run.config)
     if miou is None:
       with open(os.path.join(run.workdir, 'failed.json'), 'w') as f:
@@ -319,6 +322,18 @@ def test_one_pair_gives_a_mean_and_no_interval(tmp_path):
   assert rows[1]['miou_diff_pairs'] == '1' and rows[1]['miou_diff_std'] == ''
   assert rows[1]['miou_diff_ci_low'] == '' and rows[1]['miou_diff_ci_high'] == ''
   assert (tmp_path / 'summary_paired.png').stat().st_size > 0
+
+
+def test_a_tuple_valued_baseline_is_not_compared_with_itself(tmp_path):
+  scores = {((1,), 0): (0.5, 0.3), ((1,), 1): (0.6, 0.4), ((1, 2), 0): (0.7, 0.3)}
+  scores[((1, 2), 1)] = (0.6, 0.4)
+  runs = _hand_made_runs(tmp_path, scores, ['loss.sizes=[(1,), (1, 2)]'], 2, field='sizes')
+  baseline = sweep.baseline_group(runs, 'loss.sizes=(1,)')
+  (other,) = sweep.write_summary(runs, str(tmp_path), baseline)['paired_differences']
+  assert other['overrides'] == {'loss.sizes': [1, 2]}
+  assert other['miou']['mean'] == pytest.approx(0.1) and other['miou']['std'] == pytest.approx(
+    0.1414213562
+  )
 
 
 def test_no_shared_seed_gives_no_difference(tmp_path):
