@@ -53,6 +53,12 @@ _SHARD = flags.DEFINE_string('shard', '0/1', '--mode=sweep: I/N runs runs I, I+N
 _SUMMARIZE = flags.DEFINE_bool(
   'summarize', False, '--mode=sweep: only write the summary of the runs so far.'
 )
+_BASELINE = flags.DEFINE_string(
+  'baseline',
+  None,
+  '--mode=sweep: the grid point to compare against, FIELD=VALUE[,FIELD=VALUE], e.g. '
+  "'loss.kind=ce'; the summary adds each other point's paired difference over seeds (95% CI).",
+)
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
   'coordinator_address',
   None,
@@ -179,10 +185,11 @@ def _run_sweep(config, workdir) -> None:
         f'with get_sweep(arg); {spec!r} has none.'
       )
   runs = sweep.plan(config, workdir, arguments, _SEEDS.value)
+  baseline = None if _BASELINE.value is None else sweep.baseline_group(runs, _BASELINE.value)
   if _SUMMARIZE.value:
-    sweep.write_summary(runs, workdir)
+    sweep.write_summary(runs, workdir, baseline)
   else:
-    sweep.run_sweep(runs, workdir, shard)
+    sweep.run_sweep(runs, workdir, shard, baseline=baseline)
 
 
 def _job_requested() -> bool:

@@ -26,7 +26,7 @@ from aaf_jax import boundary, instance_iou, sharding
 
 
 def check_eval_options(
-  window: int, stride: int, scales, flip: bool, boundary_width: int = boundary.DEFAULT_WIDTH
+  window: int, stride: int, scales, flip: bool, boundary_width=boundary.DEFAULT_WIDTH
 ) -> None:
   """ValueError naming the `config.eval` field that cannot work."""
   if not isinstance(window, int) or window < 0:
@@ -49,10 +49,13 @@ def check_eval_options(
     )
   if not isinstance(flip, bool):
     raise ValueError(f'config.eval.flip={flip!r}: expected True or False.')
-  if isinstance(boundary_width, bool) or not isinstance(boundary_width, int) or boundary_width < 1:
+  pixels = isinstance(boundary_width, int) and not isinstance(boundary_width, bool)
+  fraction = isinstance(boundary_width, float) and 0 < boundary_width < 1
+  if not (pixels and boundary_width >= 1) and not fraction:
     raise ValueError(
       f'config.eval.boundary_width={boundary_width!r}: expected an integer >= 1 (pixels from a '
-      'contour that count for boundary IoU).'
+      "contour that count for boundary IoU) or a float in (0, 1) (a fraction of each image's "
+      'diagonal, e.g. 0.02 as Cheng et al.).'
     )
 
 
@@ -252,12 +255,13 @@ def make_eval_step(
   stride: int = 0,
   scales=(1.0,),
   flip: bool = False,
-  boundary_width: int = boundary.DEFAULT_WIDTH,
+  boundary_width=boundary.DEFAULT_WIDTH,
 ):
   """(variables, batch) -> (sums, predictions [N,H,W] int32).
 
   `sums` holds what the split's scores add up over batches: 'confusion' [C,C] int32 (truth,
-  prediction), 'boundary' [2,C] int32 (`boundary.boundary_counts` at `boundary_width` px), and
+  prediction), 'boundary' [2,C] int32 (`boundary.boundary_counts` at `boundary_width`: px, or a
+  float fraction of each image's diagonal, from `batch['size']` or else the batch's H, W), and
   where the batch carries instance masks, 'voc_instance' (batch['instance'])
   or 'cityscapes_instance' (batch['instance_id']), see `instance_iou`.
 
@@ -286,9 +290,14 @@ def make_eval_step(
     counted = (labels >= 0) & (labels < num_classes) & batch['valid'][:, None, None]
     index = jnp.where(counted, labels * num_classes + preds, num_classes * num_classes)
     confusion = jnp.bincount(index.reshape(-1), length=num_classes * num_classes + 1)
+    width = boundary_width
+    if isinstance(boundary_width, float):
+      whole = jnp.broadcast_to(jnp.asarray(labels.shape[1:3], jnp.int32), (len(labels), 2))
+      sizes = batch.get('size', whole)  # [N,2] each image's own (h, w)
+      width = boundary.image_widths(boundary_width, sizes)
     sums = {
       'confusion': confusion[:-1].reshape(num_classes, num_classes).astype(jnp.int32),
-      'boundary': boundary.boundary_counts(labels, preds, counted, num_classes, boundary_width),
+      'boundary': boundary.boundary_counts(labels, preds, counted, num_classes, width),
     }
     if 'instance' in batch:  # VOC's SegmentationObject values
       sums['voc_instance'] = instance_iou.voc_instance_sums(

@@ -20,9 +20,17 @@ checkpoint) is recorded in its `failed.json` with its error line and the sweep g
 invocation that finds every run done, or `--summarize`, writes DIR/summary.json (`runs`, one
 row per run; `groups`, one row per grid point with means and standard deviations over seeds),
 summary.csv, summary.md (mean ± std in %) and summary.png (mIoU against each swept field).
+
+`--baseline=FIELD=VALUE[,FIELD=VALUE]` names one grid point; the summary then adds each other
+grid point's paired difference from it (`paired_differences` in summary.json, `*_diff_*`
+columns in summary.csv, a second table in summary.md, summary_paired.png): per seed finished in
+both (same seed, same data order), the point's score minus the baseline's, in mIoU, boundary
+IoU and each class's IoU, with the mean, the sample std and a 95% Student-t interval over the
+pairs. One pair gives the mean alone: one difference has no spread, so no interval.
 """
 
 import ast
+import copy
 import dataclasses
 import itertools
 import json
@@ -110,7 +118,7 @@ def _set(config, field: str, value, where: str) -> None:
 
 def grid_config(config, overrides: dict, seed: int, arguments: dict):
   """A copy of `config` with a grid point's values and the seed; errors name the argument."""
-  run = config.copy_and_resolve_references()
+  run = copy.deepcopy(config)  # keeps a field typed `object` (eval.boundary_width) open to both
   for field, value in overrides.items():
     _set(run, field, value, arguments[field])
   base_kind = loss_kinds.get(config.loss.kind)
@@ -201,8 +209,11 @@ def _train(config, workdir):
   return train.train_and_evaluate(config, workdir)
 
 
-def run_sweep(runs: list[Run], workdir: str, shard=(0, 1), train_fn=_train) -> dict:
-  """Train this shard's unfinished runs in order; write the summary when every run is done.
+def run_sweep(
+  runs: list[Run], workdir: str, shard=(0, 1), train_fn=_train, baseline: dict | None = None
+) -> dict:
+  """Train this shard's unfinished runs in order; write the summary when every run is done
+  (with each grid point's paired difference from the `baseline` grid point, when given).
 
   Returns {'trained', 'skipped', 'failed'} counts of this invocation.
   """
@@ -246,7 +257,7 @@ def run_sweep(runs: list[Run], workdir: str, shard=(0, 1), train_fn=_train) -> d
       time.strftime('%H:%M:%S', time.gmtime(eta)),
     )
   if all(status(r)['status'] in ('finished', 'failed') for r in runs):
-    write_summary(runs, workdir)
+    write_summary(runs, workdir, baseline)
   else:
     logging.info('Sweep: runs of other shards are not done yet; no summary written.')
   return counts
@@ -263,8 +274,9 @@ def _mean_std(values):
   return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
-def summarize(runs: list[Run]) -> dict:
-  """{'runs': one row per run, 'groups': one row per grid point} (see the module docstring)."""
+def summarize(runs: list[Run], baseline: dict | None = None) -> dict:
+  """{'runs': one row per run, 'groups': one row per grid point} (see the module docstring),
+  and with a `baseline` grid point's overrides, 'baseline' and 'paired_differences'."""
   rows, groups = [], {}
   for run in runs:
     state = status(run)
@@ -310,7 +322,11 @@ def summarize(runs: list[Run]) -> dict:
         },
       }
     )
-  return {'runs': rows, 'groups': group_rows}
+  summary = {'runs': rows, 'groups': group_rows}
+  if baseline is not None:
+    summary['baseline'] = baseline
+    summary['paired_differences'] = paired_differences(summary, baseline)
+  return summary
 
 
 # The scores of a group's row, in the order of summary.csv's and summary.md's columns.
@@ -321,32 +337,211 @@ def _text(value) -> str:
   return _value_text(value) if isinstance(value, (tuple, list)) else str(value)
 
 
+class BaselineError(SweepError):
+  """A --baseline that names no single grid point of the sweep."""
+
+
+def _baseline_items(text: str) -> list[tuple[str, str]]:
+  """'FIELD=VALUE,FIELD=VALUE' -> [(FIELD, VALUE text)]; a comma splits only before FIELD=."""
+  items = re.split(r',(?=\s*[A-Za-z_][\w.]*\s*=)', text)
+  pairs = []
+  for item in items:
+    field, sep, value = item.partition('=')
+    if not sep or not field.strip() or not value.strip():
+      raise BaselineError(
+        f'--baseline={text!r}: expected FIELD=VALUE[,FIELD=VALUE...] naming one grid point, '
+        "e.g. --baseline='loss.kind=ce'."
+      )
+    pairs.append((field.strip(), value.strip()))
+  return pairs
+
+
+def _same_value(text: str, value) -> bool:
+  """Whether a --baseline value (a literal, or a bare word such as ce) is a grid value."""
+  try:
+    given = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    given = text
+  if isinstance(given, bool) != isinstance(value, bool):
+    return False
+  return given == value or _text(given) == _text(value) or text == _text(value)
+
+
+def baseline_group(runs: list[Run], text: str) -> dict:
+  """The overrides of the one grid point `--baseline=text` names; BaselineError otherwise.
+
+  `text` is FIELD=VALUE pairs joined by commas; fields left out may take any value as long as
+  exactly one grid point matches.
+  """
+  groups = list({json.dumps(r.overrides): r.overrides for r in runs}.values())
+  where = f'--baseline={text!r}'
+  swept = list(runs[0].overrides) if runs else []
+  if len(groups) < 2:
+    raise BaselineError(f'{where}: the sweep has one grid point, so nothing to compare against.')
+  items = _baseline_items(text)
+  for field, _ in items:
+    if field not in swept:
+      raise BaselineError(
+        f'{where}: {field!r} is not a swept field; the swept fields are {", ".join(swept)}.'
+      )
+  matches = [g for g in groups if all(_same_value(v, g[f]) for f, v in items)]
+  names = ', '.join(repr(run_name(g, 0).rpartition(',seed=')[0] or '(base)') for g in groups)
+  if not matches:
+    raise BaselineError(f'{where}: names no grid point; the grid points are {names}.')
+  if len(matches) > 1:
+    raise BaselineError(
+      f'{where}: matches {len(matches)} grid points; name more fields to pick one of {names}.'
+    )
+  return matches[0]
+
+
+def paired_stats(differences) -> dict:
+  """{'pairs', 'mean', 'std', 'ci'} of per-seed differences (None values are left out).
+
+  std is the sample standard deviation (ddof=1) and ci the 95% Student-t interval of the mean
+  (n-1 degrees of freedom); with one pair both are None, since one difference gives no spread.
+  """
+  from scipy import stats
+
+  values = [d for d in differences if d is not None]
+  n = len(values)
+  if n == 0:
+    return {'pairs': 0, 'mean': None, 'std': None, 'ci': None}
+  mean, std = _mean_std(values)
+  if n == 1:
+    return {'pairs': 1, 'mean': mean, 'std': None, 'ci': None}
+  half = float(stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+  return {'pairs': n, 'mean': mean, 'std': std, 'ci': [mean - half, mean + half]}
+
+
+def paired_differences(summary: dict, baseline: dict) -> list[dict]:
+  """Each other grid point minus the baseline, seed by seed (same seed: same data order).
+
+  Only seeds finished in both pair; a score missing from either run of a pair (a class with no
+  IoU, a boundary IoU from an older results.json) leaves that pair out of that score only.
+  """
+  by_group = {}
+  for row in summary['runs']:
+    if row['status'] == 'finished':
+      by_group.setdefault(json.dumps(row['overrides']), {})[row['seed']] = row
+  reference = by_group.get(json.dumps(baseline), {})
+  classes = next((list(g['per_class_iou']) for g in summary['groups'] if g['per_class_iou']), [])
+  rows = []
+  for group in summary['groups']:
+    if json.dumps(group['overrides']) == json.dumps(baseline):  # tuples read back as lists
+      continue
+    mine = by_group.get(json.dumps(group['overrides']), {})
+    seeds = sorted(set(mine) & set(reference))
+    if not seeds:
+      logging.warning(
+        'Sweep: %s shares no finished seed with the baseline %s (seeds %s vs %s); no difference.',
+        group['overrides'],
+        baseline,
+        sorted(mine),
+        sorted(reference),
+      )
+
+    def diff(get, mine=mine, seeds=seeds):
+      pairs = [(get(mine[s]), get(reference[s])) for s in seeds]
+      return paired_stats([a - b for a, b in pairs if a is not None and b is not None])
+
+    rows.append(
+      {
+        'overrides': group['overrides'],
+        'seeds': seeds,
+        'miou': diff(lambda r: r['miou']),
+        'boundary_iou': diff(lambda r: r['boundary_iou']),
+        'per_class_iou': {c: diff(lambda r, c=c: r['per_class_iou'].get(c)) for c in classes},
+      }
+    )
+  return rows
+
+
 def _percent(mean, std) -> str:
   return '-' if mean is None else f'{100 * mean:.2f} ± {100 * std:.2f}'
 
 
-def write_summary(runs: list[Run], workdir: str) -> dict:
-  """DIR/summary.json, summary.csv, summary.md and summary.png; returns the summary."""
+# The paired-difference scores, in the order of the paired columns and the plot's first points.
+_PAIRED_SCORES = (('miou', 'mIoU'), ('boundary_iou', 'boundary IoU'))
+_STAT_COLUMNS = ('pairs', 'mean', 'std', 'ci_low', 'ci_high')
+
+
+def _stat_cells(stat: dict) -> list:
+  ci = stat['ci'] or (None, None)
+  return [stat['pairs'], stat['mean'], stat['std'], *ci]
+
+
+def _difference(stat: dict, seeds: int) -> str:
+  """'+4.83 ± 2.10 [-0.40, +10.05]' in points; '*' when the interval excludes 0."""
+  if not stat['pairs']:
+    return '-'
+  mean = f'{100 * stat["mean"]:+.2f}'
+  if stat['ci'] is None:
+    return f'{mean} (1 pair, no CI)'
+  low, high = stat['ci']
+  text = f'{mean} ± {100 * stat["std"]:.2f} [{100 * low:+.2f}, {100 * high:+.2f}]'
+  text += ' *' if low > 0 or high < 0 else ''
+  return text + (f' ({stat["pairs"]} pairs)' if stat['pairs'] != seeds else '')
+
+
+def _paired_table(summary: dict, fields: list, classes: list) -> list[str]:
+  """summary.md's second table: each grid point minus the baseline, over paired seeds."""
+  baseline = ', '.join(f'{k}={_text(v)}' for k, v in summary['baseline'].items()) or '(base)'
+  lines = [
+    '',
+    f'Paired differences from the baseline {baseline} (grid point minus baseline, seed by seed '
+    'over the seeds finished in both; mean ± sample std [95% Student-t CI] in points; '
+    '* the CI excludes 0):',
+    '',
+  ]
+  header = [*fields, 'pairs', *(name for _, name in _PAIRED_SCORES), *classes]
+  lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for d in summary['paired_differences']:
+    seeds = len(d['seeds'])
+    cells = [_text(d['overrides'][k]) for k in fields] + [str(seeds)]
+    cells += [_difference(d[key], seeds) for key, _ in _PAIRED_SCORES]
+    cells += [_difference(d['per_class_iou'][c], seeds) for c in classes]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def write_summary(runs: list[Run], workdir: str, baseline: dict | None = None) -> dict:
+  """DIR/summary.json, summary.csv, summary.md and summary.png; returns the summary.
+
+  With a `baseline` grid point (its overrides), summary.csv gains each grid point's paired
+  differences from it, summary.md a second table of them and summary_paired.png their plot.
+  """
   import csv
 
   from aaf_jax import evaluate
 
-  summary = summarize(runs)
+  summary = summarize(runs, baseline)
   evaluate.write_json_atomically(os.path.join(workdir, 'summary.json'), summary)
   fields = list(runs[0].overrides) if runs else []
   classes = next((list(g['per_class_iou']) for g in summary['groups'] if g['per_class_iou']), [])
+  paired = {json.dumps(d['overrides']): d for d in summary.get('paired_differences', [])}
+  paired_scores = [key for key, _ in _PAIRED_SCORES] + classes
   with open(os.path.join(workdir, 'summary.csv'), 'w', newline='') as f:
     writer = csv.writer(f)
     writer.writerow(
       [*fields, 'seeds', 'failed', *(f'{s}_{m}' for s in _SCORES for m in ('mean', 'std'))]
       + [f'{c}_{s}' for c in classes for s in ('mean', 'std')]
+      + [f'{s}_diff_{m}' for s in paired_scores for m in _STAT_COLUMNS] * (baseline is not None)
     )
     for g in summary['groups']:
+      d = paired.get(json.dumps(g['overrides']))
+      differences = []
+      if d is not None:
+        stats = [d[key] for key, _ in _PAIRED_SCORES] + [d['per_class_iou'][c] for c in classes]
+        differences = [cell for stat in stats for cell in _stat_cells(stat)]
+      elif baseline is not None:  # the baseline's own row
+        differences = [None] * (len(paired_scores) * len(_STAT_COLUMNS))
       writer.writerow(
         [_text(g['overrides'][k]) for k in fields]
         + [len(g['seeds']), len(g['failed_seeds'])]
         + [g[f'{s}_{m}'] for s in _SCORES for m in ('mean', 'std')]
         + [g['per_class_iou'].get(c, {}).get(s) for c in classes for s in ('mean', 'std')]
+        + differences
       )
   header = [*fields, 'seeds', 'mIoU', 'boundary IoU', 'pixel acc', *classes]
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
@@ -358,6 +553,9 @@ def write_summary(runs: list[Run], workdir: str) -> dict:
       _percent(**g['per_class_iou'][c]) if c in g['per_class_iou'] else '-' for c in classes
     ]
     lines.append('| ' + ' | '.join(cells) + ' |')
+  if baseline is not None:
+    lines += _paired_table(summary, fields, classes)
+    _plot_paired(summary, classes, os.path.join(workdir, 'summary_paired.png'))
   with open(os.path.join(workdir, 'summary.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   _plot(summary, fields, os.path.join(workdir, 'summary.png'))
@@ -397,6 +595,59 @@ def _plot(summary: dict, fields: list, path: str) -> None:
     ax.set_ylabel('mIoU (%)')
     if any(lines):
       ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _plot_paired(summary: dict, classes: list, path: str) -> None:
+  """Each grid point's paired difference from the baseline in mIoU, boundary IoU and each
+  class's IoU: the mean with its 95% CI as an error bar; a hollow marker for a single pair
+  (no CI)."""
+  import matplotlib
+
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt
+
+  names = [name for _, name in _PAIRED_SCORES] + classes
+  rows = summary['paired_differences']
+  fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(names) + 2), 3.8))
+  ax.axhline(0.0, color='gray', linewidth=0.8)
+  width = 0.8 / max(len(rows), 1)
+  for i, d in enumerate(rows):
+    stats = [d[key] for key, _ in _PAIRED_SCORES] + [d['per_class_iou'][c] for c in classes]
+    label = ', '.join(f'{k}={_text(v)}' for k, v in d['overrides'].items())
+    offset = (i - (len(rows) - 1) / 2) * width
+    with_ci = [(x, s) for x, s in enumerate(stats) if s['ci'] is not None]
+    single = [(x, s) for x, s in enumerate(stats) if s['pairs'] == 1]
+    if with_ci:
+      ax.errorbar(
+        [x + offset for x, _ in with_ci],
+        [100 * s['mean'] for _, s in with_ci],
+        yerr=[
+          [100 * (s['mean'] - s['ci'][0]) for _, s in with_ci],
+          [100 * (s['ci'][1] - s['mean']) for _, s in with_ci],
+        ],
+        fmt='o',
+        capsize=3,
+        color=f'C{i}',
+        label=label,
+      )
+    if single:
+      ax.plot(
+        [x + offset for x, _ in single],
+        [100 * s['mean'] for _, s in single],
+        'o',
+        markerfacecolor='none',
+        color=f'C{i}',
+        label=None if with_ci else f'{label} (1 pair, no CI)',
+      )
+  ax.set_xticks(range(len(names)), names, rotation=30, ha='right')
+  baseline = ', '.join(f'{k}={_text(v)}' for k, v in summary['baseline'].items())
+  ax.set_ylabel(f'minus {baseline} (points)')
+  ax.set_title('Paired difference over seeds, mean and 95% CI', fontsize=9)
+  if ax.get_legend_handles_labels()[0]:
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

@@ -61,6 +61,15 @@ def number(low=None, high=None, *, low_open=False, high_open=False) -> Field:
   return Field(accepts, text)
 
 
+def pixels_or_fraction() -> Field:
+  """An int >= 1 (pixels) or a float in (0, 1) (a fraction of each image's diagonal)."""
+  return Field(
+    lambda v: (_is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v < 1),
+    "an integer >= 1 (pixels) or a float in (0, 1) (a fraction of each image's diagonal, e.g. "
+    '0.02 as Cheng et al.)',
+  )
+
+
 def boolean() -> Field:
   return Field(lambda v: isinstance(v, bool), 'True or False')
 
@@ -121,7 +130,7 @@ SCHEMA = {
     'stride': integer(0),
     'scales': sequence(number(0, low_open=True), nonempty=True),
     'flip': boolean(),
-    'boundary_width': integer(1),
+    'boundary_width': pixels_or_fraction(),
   },
   'data': {
     'name': string(nonempty=True),

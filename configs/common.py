@@ -115,10 +115,17 @@ def base_config(
 
   # Inference (evaluate.py): window 0 = the whole image at once, else sliding windows of
   # `window` px at most `stride` apart; class probabilities summed over `scales` and, with
-  # `flip`, the mirrored image. boundary_width: px from a contour that count for boundary IoU
-  # (aaf_jax/boundary.py; Cheng et al. use 2% of the image diagonal).
+  # `flip`, the mirrored image. boundary_width: px from a contour that count for boundary IoU,
+  # an int, or a float in (0, 1): that fraction of each image's diagonal (aaf_jax/boundary.py;
+  # Cheng et al. use 0.02). Typed `object` so that either can be set over the default.
   c.eval = ml_collections.ConfigDict(
-    dict(window=0, stride=0, scales=(1.0,), flip=False, boundary_width=3)
+    dict(
+      window=0,
+      stride=0,
+      scales=(1.0,),
+      flip=False,
+      boundary_width=ml_collections.FieldReference(3, field_type=object),
+    )
   )
 
   c.log_every_steps = 50

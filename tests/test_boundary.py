@@ -100,3 +100,57 @@ def test_class_absent_from_truth_and_prediction_has_no_score():
 def test_width_below_one_is_refused():
   with pytest.raises(ValueError, match='boundary width=0'):
     boundary.inner_band(np.ones((1, 4, 4), bool), 0)
+
+
+def test_image_widths_are_a_fraction_of_each_diagonal():
+  # 0.02 x 90.51 = 1.81 -> 2 (64 px squares); 0.02 x 1144.87 = 22.90 -> 23 (Cityscapes at half
+  # size); 0.02 x 14.14 = 0.28 rounds to 0 and is raised to 1; 0.1 x 50 = 5 (a 30 x 40 image).
+  widths = boundary.image_widths(0.02, np.array([[64, 64], [512, 1024], [10, 10]]))
+  np.testing.assert_array_equal(widths, [2, 23, 1])
+  np.testing.assert_array_equal(boundary.image_widths(0.1, np.array([[30, 40]])), [5])
+
+
+def _two_sizes_batch():
+  """A 40x40 image and a 20x20 one in a 40x40 canvas (label 255 outside the small one).
+
+  The big image is class 1 with a 10x10 class-0 square at rows/cols 15-24; the small one is
+  all class 1. Predictions equal the labels.
+  """
+  labels = np.full((2, 40, 40), 255, np.int32)
+  labels[0] = 1
+  labels[0, 15:25, 15:25] = 0
+  labels[1, :20, :20] = 1
+  return labels, np.array([[40, 40], [20, 20]], np.int32)
+
+
+def test_per_image_widths_on_two_image_sizes():
+  """Fraction 0.05: the 40x40 image (diagonal 56.57) gets round(2.83) = 3 px, the 20x20 one
+  (diagonal 28.28) round(1.41) = 1 px. Counted by hand, with predictions equal to the truth:
+  class 0 is the square's 3 px band, 10^2 - 4^2 = 84; class 1 is the big image's border band,
+  40^2 - 34^2 = 444, plus the 3 px ring around the square's hole, 16^2 - 10^2 = 156, plus the
+  small image's 1 px border band, 20^2 - 18^2 = 76: 676."""
+  labels, sizes = _two_sizes_batch()
+  widths = boundary.image_widths(0.05, sizes)
+  np.testing.assert_array_equal(widths, [3, 1])
+  counted = labels < 2
+  result = jax.jit(boundary.boundary_counts, static_argnums=3)(labels, labels, counted, 2, widths)
+  np.testing.assert_array_equal(result, [[84, 676], [84, 676]])
+  # Each image alone at its own int width gives the same counts.
+  alone = counts(labels[0], labels[0], 2, 3) + counts(
+    labels[1, :20, :20], labels[1, :20, :20], 2, 1
+  )
+  np.testing.assert_array_equal(result, alone)
+
+
+def test_per_image_widths_equal_the_int_path_at_equal_widths():
+  """Widths given per image (w erosions by a 3x3 square) band exactly as one int width (one
+  erosion by a (2w+1)^2 square), on random masks."""
+  masks = np.random.default_rng(0).random((3, 17, 23)) < 0.8
+  for width in (1, 2, 4):
+    per_image = boundary.inner_band(masks, np.full(3, width, np.int32))
+    np.testing.assert_array_equal(per_image, boundary.inner_band(masks, width))
+  mixed = np.asarray(boundary.inner_band(masks, np.array([1, 4, 2], np.int32)))
+  for i, width in enumerate((1, 4, 2)):
+    np.testing.assert_array_equal(
+      mixed[i], np.asarray(boundary.inner_band(masks[i : i + 1], width))[0]
+    )

@@ -78,6 +78,29 @@ def test_eval_step_counts_valid_pixels_once():
   np.testing.assert_array_equal(kept[1][2], preds[1])
 
 
+def test_eval_step_boundary_width_as_a_fraction_follows_each_image_size():
+  """Fraction 0.05 of each image's diagonal: 3 px on a 40x40 image, 1 px on a 20x20 one in the
+  same canvas (the counts are worked out in test_boundary.py). Without batch['size'] every
+  image is taken at the canvas's size: 3 px for both, so the small image's class-1 band grows
+  from 20^2 - 18^2 = 76 to 20^2 - 14^2 = 204 pixels."""
+  labels = np.full((2, 40, 40), 255, np.int32)
+  labels[0] = 1
+  labels[0, 15:25, 15:25] = 0
+  labels[1, :20, :20] = 1
+  batch = {
+    'image': np.asarray(jax.nn.one_hot(labels, 2), np.float32),  # predictions = labels
+    'label': labels,
+    'size': np.array([[40, 40], [20, 20]], np.int32),
+    'valid': np.array([True, True]),
+  }
+  step = jax.jit(evaluate.make_eval_step(Identity(2), 2, boundary_width=0.05))
+  np.testing.assert_array_equal(step({}, batch)[0]['boundary'], [[84, 676], [84, 676]])
+  del batch['size']
+  np.testing.assert_array_equal(step({}, batch)[0]['boundary'], [[84, 804], [84, 804]])
+  pixels = jax.jit(evaluate.make_eval_step(Identity(2), 2, boundary_width=3))
+  np.testing.assert_array_equal(pixels({}, batch)[0]['boundary'], [[84, 804], [84, 804]])
+
+
 def test_results_json_is_written_atomically(tmp_path):
   path = tmp_path / 'results.json'
   evaluate.write_json_atomically(str(path), {'miou': 0.5})
@@ -361,6 +384,9 @@ def test_sliding_eval_step_counts_like_the_whole_image_step():
     ({'flip': 1}, 'config.eval.flip'),
     ({'boundary_width': 0}, 'config.eval.boundary_width'),
     ({'boundary_width': 2.5}, 'config.eval.boundary_width'),
+    ({'boundary_width': 1.0}, 'config.eval.boundary_width'),
+    ({'boundary_width': 0.0}, 'config.eval.boundary_width'),
+    ({'boundary_width': True}, 'config.eval.boundary_width'),
   ],
 )
 def test_bad_eval_options_name_the_field(options, field):

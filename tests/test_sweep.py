@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -59,6 +60,8 @@ def test_grid_names_and_seeds(tmp_path):
   ]
   kinds = sweep.plan(synthetic.get_config(), str(tmp_path), ["loss.kind=['ce', 'affinity']"], 1)
   assert [r.config.loss.sizes for r in kinds] == [(1, 2, 3), (1,)]
+  widths = sweep.plan(synthetic.get_config(), str(tmp_path), ['eval.boundary_width=[3, 0.02]'], 1)
+  assert [r.config.eval.boundary_width for r in widths] == [3, 0.02]  # px, or a fraction
 
 
 @pytest.mark.parametrize(
@@ -199,4 +202,187 @@ def test_launch_names_a_bad_sweep_argument_before_anything_runs(tmp_path):
   assert out.returncode != 0 and "--shard='2/2'" in out.stderr
   out = launch('--sweep=loss.margin=[1.0,-2.0]')
   assert out.returncode != 0 and 'config.loss.margin=-2.0' in out.stderr
+  out = launch('--sweep=loss.margin=[1.0,2.0]', '--seeds=2', '--baseline=loss.margin=5.0')
+  assert out.returncode != 0 and "--baseline='loss.margin=5.0': names no grid point" in out.stderr
   assert not (tmp_path / 'sweep').exists() and not (tmp_path / 'tfds').exists()
+
+
+# t quantiles from their closed forms, independent of scipy: with 1 degree of freedom t is
+# Cauchy, t_{0.975,1} = tan(0.475 pi); with 2, F(t) = 1/2 + t / (2 sqrt(2 + t^2)), so
+# t_{0.975,2} = 0.95 sqrt(2 / (1 - 0.95^2)). Both agree with the printed tables.
+T_975_1 = math.tan(0.475 * math.pi)
+T_975_2 = 0.95 * math.sqrt(2 / (1 - 0.95**2))
+
+
+def test_t_quantiles_match_the_tables():
+  assert round(T_975_1, 3) == 12.706 and round(T_975_2, 3) == 4.303
+
+
+def _hand_made_runs(tmp_path, scores, sweep_arguments, seeds, field='margin'):
+  """Run folders as a finished sweep leaves them: results.json (or failed.json for None).
+
+  scores: {(config.loss.FIELD, seed): (mIoU, disc IoU) or None}.
+  """
+  runs = sweep.plan(tiny_config(str(tmp_path)), str(tmp_path), sweep_arguments, seeds)
+  for run in runs:
+    os.makedirs(run.workdir)
+    miou, disc = scores[(run.config.loss[field], run.seed)] or (None, None)
+    fingerprint = run_record.fingerprint(run.config)
+    if miou is None:
+      with open(os.path.join(run.workdir, 'failed.json'), 'w') as f:
+        json.dump({'fingerprint': fingerprint, 'error': 'FloatingPointError: NaN'}, f)
+      continue
+    results = {
+      'miou': miou,
+      'boundary_iou': miou / 2,
+      'pixel_acc': 0.9,
+      'per_class_iou': {'background': 0.9, 'disc': disc},
+      'fingerprint': fingerprint,
+    }
+    with open(os.path.join(run.workdir, 'results.json'), 'w') as f:
+      json.dump(results, f)
+  return runs
+
+
+def _interval(differences, t):
+  """(mean, sample std, 95% CI) from the textbook formula mean ± t * std / sqrt(n)."""
+  n = len(differences)
+  mean = sum(differences) / n
+  std = math.sqrt(sum((d - mean) ** 2 for d in differences) / (n - 1))
+  return mean, std, (mean - t * std / math.sqrt(n), mean + t * std / math.sqrt(n))
+
+
+def test_paired_differences_over_seeds_finished_in_both(tmp_path):
+  # (margin, seed): (mIoU, disc IoU); None: the run failed. disc has no IoU (None) in margin
+  # 2.0's seed 2, so disc pairs only seeds 0 and 1 there. The baseline is margin 1.0.
+  scores = {
+    (1.0, 0): (0.50, 0.30),
+    (1.0, 1): (0.60, 0.40),
+    (1.0, 2): (0.55, 0.35),
+    (2.0, 0): (0.51, 0.36),
+    (2.0, 1): (0.64, 0.42),
+    (2.0, 2): (0.62, None),
+    (3.0, 0): None,
+    (3.0, 1): (0.70, 0.40),
+    (3.0, 2): (0.50, 0.35),
+  }
+  runs = _hand_made_runs(tmp_path, scores, ['loss.margin=[1.0, 2.0, 3.0]'], 3)
+  baseline = sweep.baseline_group(runs, 'loss.margin=1.0')
+  assert baseline == {'loss.margin': 1.0}
+  summary = sweep.write_summary(runs, str(tmp_path), baseline)
+  assert json.loads((tmp_path / 'summary.json').read_text()) == json.loads(json.dumps(summary))
+  assert summary['baseline'] == {'loss.margin': 1.0}
+  two, three = summary['paired_differences']
+  assert two['overrides'] == {'loss.margin': 2.0} and two['seeds'] == [0, 1, 2]
+  assert three['overrides'] == {'loss.margin': 3.0} and three['seeds'] == [1, 2]
+
+  def check(stat, differences, t):
+    mean, std, (low, high) = _interval(differences, t)
+    assert stat['pairs'] == len(differences)
+    assert stat['mean'] == pytest.approx(mean) and stat['std'] == pytest.approx(std)
+    assert stat['ci'] == [pytest.approx(low), pytest.approx(high)]
+
+  check(two['miou'], [0.01, 0.04, 0.07], T_975_2)  # mean 0.04, std 0.03
+  check(two['boundary_iou'], [0.005, 0.02, 0.035], T_975_2)
+  check(two['per_class_iou']['disc'], [0.06, 0.02], T_975_1)
+  check(three['miou'], [0.10, -0.05], T_975_1)  # seed 1 with seed 1, seed 2 with seed 2
+  check(three['per_class_iou']['disc'], [0.0, 0.0], T_975_1)
+  assert two['per_class_iou']['background'] == {'pairs': 3, 'mean': 0.0, 'std': 0.0, 'ci': [0, 0]}
+
+  table = (tmp_path / 'summary.md').read_text().splitlines()
+  start = table.index('| loss.margin | pairs | mIoU | boundary IoU | background | disc |')
+  assert 'baseline loss.margin=1.0' in table[start - 2]
+  half = 100 * T_975_2 * 0.03 / math.sqrt(3)
+  assert table[start + 2].startswith(
+    f'| 2.0 | 3 | +4.00 ± 3.00 [{4 - half:+.2f}, {4 + half:+.2f}] | +2.00 ± 1.50 ['
+  )
+  assert table[start + 2].endswith(' [+0.00, +0.00] | +4.00 ± 2.83 [-21.41, +29.41] (2 pairs) |')
+  assert table[start + 3].startswith('| 3.0 | 2 | +2.50 ± 10.61 [-92.80, +97.80] |')
+
+  rows = list(csv.DictReader(open(tmp_path / 'summary.csv')))
+  assert [r['loss.margin'] for r in rows] == ['1.0', '2.0', '3.0']
+  assert rows[0]['miou_diff_mean'] == '' and rows[0]['disc_diff_ci_low'] == ''
+  assert float(rows[1]['miou_diff_mean']) == pytest.approx(0.04)
+  assert float(rows[1]['miou_diff_std']) == pytest.approx(0.03)
+  assert float(rows[1]['miou_diff_ci_high']) == pytest.approx(0.04 + half / 100)
+  assert (rows[1]['disc_diff_pairs'], rows[2]['miou_diff_pairs']) == ('2', '2')
+  assert (tmp_path / 'summary_paired.png').stat().st_size > 0
+
+
+def test_one_pair_gives_a_mean_and_no_interval(tmp_path):
+  scores = {(1.0, 0): (0.5, 0.3), (1.0, 1): (0.6, 0.4), (2.0, 0): (0.55, 0.2), (2.0, 1): None}
+  runs = _hand_made_runs(tmp_path, scores, ['loss.margin=[1.0, 2.0]'], 2)
+  summary = sweep.write_summary(runs, str(tmp_path), {'loss.margin': 1.0})
+  (two,) = summary['paired_differences']
+  assert two['seeds'] == [0]
+  assert two['miou'] == {'pairs': 1, 'mean': pytest.approx(0.05), 'std': None, 'ci': None}
+  table = (tmp_path / 'summary.md').read_text()
+  assert '| 2.0 | 1 | +5.00 (1 pair, no CI) | +2.50 (1 pair, no CI) |' in table
+  rows = list(csv.DictReader(open(tmp_path / 'summary.csv')))
+  assert rows[1]['miou_diff_pairs'] == '1' and rows[1]['miou_diff_std'] == ''
+  assert rows[1]['miou_diff_ci_low'] == '' and rows[1]['miou_diff_ci_high'] == ''
+  assert (tmp_path / 'summary_paired.png').stat().st_size > 0
+
+
+def test_a_tuple_valued_baseline_is_not_compared_with_itself(tmp_path):
+  scores = {((1,), 0): (0.5, 0.3), ((1,), 1): (0.6, 0.4), ((1, 2), 0): (0.7, 0.3)}
+  scores[((1, 2), 1)] = (0.6, 0.4)
+  runs = _hand_made_runs(tmp_path, scores, ['loss.sizes=[(1,), (1, 2)]'], 2, field='sizes')
+  baseline = sweep.baseline_group(runs, 'loss.sizes=(1,)')
+  (other,) = sweep.write_summary(runs, str(tmp_path), baseline)['paired_differences']
+  assert other['overrides'] == {'loss.sizes': [1, 2]}
+  assert other['miou']['mean'] == pytest.approx(0.1) and other['miou']['std'] == pytest.approx(
+    0.1414213562
+  )
+
+
+def test_no_shared_seed_gives_no_difference(tmp_path):
+  scores = {(1.0, 0): None, (1.0, 1): (0.6, 0.4), (2.0, 0): (0.55, 0.2), (2.0, 1): None}
+  runs = _hand_made_runs(tmp_path, scores, ['loss.margin=[1.0, 2.0]'], 2)
+  (two,) = sweep.write_summary(runs, str(tmp_path), {'loss.margin': 1.0})['paired_differences']
+  assert two['seeds'] == [] and two['miou'] == {'pairs': 0, 'mean': None, 'std': None, 'ci': None}
+  assert '| 2.0 | 0 | - | - | - | - |' in (tmp_path / 'summary.md').read_text()
+
+
+def test_baseline_names_one_grid_point(tmp_path):
+  config = synthetic.get_config()
+  kinds = sweep.plan(config, str(tmp_path), ["loss.kind=['ce', 'affinity', 'aaf']"], 1)
+  assert sweep.baseline_group(kinds, 'loss.kind=ce') == {'loss.kind': 'ce'}
+  assert sweep.baseline_group(kinds, "loss.kind='aaf'") == {'loss.kind': 'aaf'}
+  grid = sweep.plan(
+    config, str(tmp_path), ['loss.margin=[1.0, 2.0]', 'loss.sizes=[(1,), (1, 2)]'], 1
+  )
+  both = {'loss.margin': 2.0, 'loss.sizes': (1, 2)}
+  assert sweep.baseline_group(grid, 'loss.margin=2.0,loss.sizes=(1, 2)') == both
+  assert sweep.baseline_group(grid, 'loss.sizes=1-2, loss.margin=2') == both
+
+
+@pytest.mark.parametrize(
+  'text,expected',
+  [
+    (
+      'loss.margin=5.0',
+      r"--baseline='loss.margin=5.0': names no grid point; the grid points are "
+      r"'loss.margin=1.0,loss.sizes=1', ",
+    ),
+    ('loss.margin=1.0', r'matches 2 grid points; name more fields'),
+    ('loss.kind=ce', r"'loss.kind' is not a swept field; the swept fields are loss.margin, "),
+    ('ce', r"--baseline='ce': expected FIELD=VALUE"),
+    ('loss.margin=', r'expected FIELD=VALUE'),
+  ],
+)
+def test_bad_baselines_are_named(tmp_path, text, expected):
+  grid = sweep.plan(
+    synthetic.get_config(),
+    str(tmp_path),
+    ['loss.margin=[1.0, 2.0]', 'loss.sizes=[(1,), (1, 2)]'],
+    1,
+  )
+  with pytest.raises(sweep.SweepError, match=expected):
+    sweep.baseline_group(grid, text)
+
+
+def test_a_baseline_needs_another_grid_point(tmp_path):
+  runs = sweep.plan(synthetic.get_config(), str(tmp_path), ['loss.margin=[1.0]'], 3)
+  with pytest.raises(sweep.SweepError, match='one grid point, so nothing to compare'):
+    sweep.baseline_group(runs, 'loss.margin=1.0')

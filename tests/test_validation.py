@@ -77,6 +77,14 @@ def _paths(tree, prefix=''):
     ('compute_dtype', 'float16', r"config.compute_dtype='float16'"),
     ('eval.scales', (1.0, -0.5), r'config.eval.scales'),
     ('eval.flip', 'yes', r"config.eval.flip='yes': expected True or False"),
+    (
+      'eval.boundary_width',
+      1.5,
+      r'config.eval.boundary_width=1.5: expected an integer >= 1 \(pixels\) or a float in \(0, 1\)',
+    ),
+    ('eval.boundary_width', 0, r'config.eval.boundary_width=0: expected an integer >= 1'),
+    ('eval.boundary_width', 0.0, r'config.eval.boundary_width=0.0: expected'),
+    ('eval.boundary_width', 'wide', r"config.eval.boundary_width='wide': expected"),
     ('model.backbone', 'resnet9', r"config.model.backbone='resnet9'"),
     ('model.dropout', 1.0, r'config.model.dropout=1.0: expected a number in \[0, 1\)'),
     ('model.bins', (1, 1), r'config.model.bins=\(1, 1\)'),
@@ -175,4 +183,37 @@ def test_launch_rejects_a_bad_value_before_building_anything(tmp_path):
   )
   assert out.returncode != 0
   assert 'config.loss.margin=-2.0: expected a number > 0' in out.stderr
+  assert not (tmp_path / 'tfds').exists() and not (tmp_path / 'run').exists()
+
+
+def test_boundary_width_takes_pixels_or_a_fraction_of_the_diagonal():
+  config = synthetic.get_config()  # locked, as launch.py's overrides find it
+  assert config.eval.boundary_width == 2
+  config.eval.boundary_width = 0.02  # the field takes a float over the int default
+  validation.validate(config)
+  config.eval.boundary_width = 5
+  validation.validate(config)
+
+
+def test_launch_parses_a_fractional_boundary_width(tmp_path):
+  """--config.eval.boundary_width=1.5 arrives as a float and is refused by name (an int-typed
+  field would have refused any float before validation)."""
+  out = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, 'launch.py'),
+      f'--config={os.path.join(ROOT, "configs", "synthetic.py")}',
+      f'--workdir={tmp_path / "run"}',
+      f'--config.data.data_dir={tmp_path / "tfds"}',
+      '--config.eval.boundary_width=1.5',
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert out.returncode != 0
+  assert (
+    'config.eval.boundary_width=1.5: expected an integer >= 1 (pixels) or a float' in out.stderr
+  )
   assert not (tmp_path / 'tfds').exists() and not (tmp_path / 'run').exists()
