@@ -67,6 +67,11 @@ def _paths(tree, prefix=''):
     ('loss.sizes', (), r'config.loss.sizes=\(\): expected a non-empty'),
     ('loss.lambda_edge', -1.0, r'config.loss.lambda_edge=-1.0'),
     ('loss.kind', 'crf', r"config.loss.kind='crf': expected one of \('ce', 'affinity', 'aaf'\)"),
+    (
+      'loss.implementation',
+      'triton',
+      r"config.loss.implementation='triton': expected one of \('xla', 'pallas'\)",
+    ),
     ('data.eval_size', (72,), r'config.data.eval_size=\(72,\): expected a tuple of 2'),
     ('data.eval_size', 'big', r"config.data.eval_size='big'"),
     ('data.mean', (1.0, 2.0), r'config.data.mean'),
