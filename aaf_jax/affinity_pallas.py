@@ -28,10 +28,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from aaf_jax import affinity
 
 BLOCK_WIDTH = 32  # columns per program; a power of two (Triton's rule)
+
+# Selects Pallas's Triton lowering on GPUs (jax 0.10's default for a GPU pallas_call is Mosaic
+# GPU, which stages whole blocks in shared memory); ignored by the interpreter.
+_TRITON = pltriton.CompilerParams(num_warps=4, num_stages=1)
 
 
 def pair_sums(probs, labels, num_classes, sizes, margin, *, interpret=None):
@@ -247,6 +252,7 @@ def _forward(probs, labels, num_classes, sizes, margin, interpret):
     * (4 * len(sizes)),
     out_shape=[jax.ShapeDtypeStruct((n, h, padded_width), jnp.float32)] * (4 * len(sizes)),
     interpret=interpret,
+    compiler_params=_TRITON,
   )(probs_p, cls_p)
   width = probs.shape[2]
   return tuple(
@@ -289,6 +295,7 @@ def _pair_sums_bwd(num_classes, sizes, margin, interpret, residuals, sums_bar):
       (n, h, layout.blocks * layout.block, layout.channels), jnp.float32
     ),
     interpret=interpret,
+    compiler_params=_TRITON,
   )(probs_p, cls_p, edge_bar, nonedge_bar)
   return dprobs[:, :, :width, :channels], None
 
