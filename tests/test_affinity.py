@@ -1,6 +1,7 @@
 """The affinity losses against the float64 reference written from the spec, plus properties."""
 
 import functools
+from unittest import mock
 
 import affinity_reference as ref
 import hypothesis
@@ -561,3 +562,34 @@ def test_implementation_names_agree_with_the_config_contract():
   from aaf_jax import loss_kinds  # spells the names without importing jax
 
   assert loss_kinds.IMPLEMENTATIONS == affinity.IMPLEMENTATIONS
+
+
+def test_pallas_kernels_lower_to_triton_for_gpus():
+  """Forward and backward lower through Pallas's Triton rules for 'cuda', from this CPU host.
+
+  This catches what the Triton lowering refuses (slices of loaded values, non-power-of-two
+  blocks, unsupported primitives) without a GPU; Triton's own compile to PTX needs one.
+  """
+  pytest.importorskip('jax._src.lib.triton', reason='this jaxlib has no Triton dialect')
+  probs, labels = random_case(16, n=1, h=5, w=6, c=3)
+
+  def total(p, e):
+    edge, nonedge = affinity.adaptive_affinity_loss(
+      p,
+      labels,
+      num_classes=3,
+      sizes=(1, 2),
+      edge_logits=e,
+      nonedge_logits=e,
+      implementation='pallas',
+    )
+    return jnp.sum(edge) + jnp.sum(nonedge)
+
+  compiled_for_gpu = functools.partial(affinity_pallas.pair_sums, interpret=False)
+  with mock.patch.object(affinity_pallas, 'pair_sums', compiled_for_gpu):
+    lowered = (
+      jax.jit(jax.value_and_grad(total, argnums=(0, 1)))
+      .trace(probs, jnp.zeros((3, 2)))
+      .lower(lowering_platforms=('cuda',))
+    )
+  assert lowered.as_text().count('triton') == 2  # the forward and the backward kernel
