@@ -181,3 +181,13 @@ def test_launch_rejects_a_bad_value_before_building_anything(tmp_path):
   assert out.returncode != 0
   assert 'config.loss.margin=-2.0: expected a number > 0' in out.stderr
   assert not (tmp_path / 'tfds').exists() and not (tmp_path / 'run').exists()
+
+
+def test_the_loss_implementation_may_change_on_resume():
+  from aaf_jax import run_record
+
+  assert (
+    run_record.differences({'loss.implementation': 'xla'}, {'loss.implementation': 'pallas'}) == []
+  )
+  assert run_record.differences({}, {'loss.implementation': 'xla'}) == []  # older checkpoints
+  assert run_record.differences({'loss.margin': 3.0}, {'loss.margin': 2.0})  # others still count
