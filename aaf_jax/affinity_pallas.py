@@ -81,7 +81,7 @@ def _padded_inputs(probs, labels, num_classes, layout):
   right = p + layout.blocks * layout.block - width
   probs = jnp.pad(probs, [(0, 0), (p, p), (p, right), (0, layout.channels - channels)])
   valid = (labels >= 0) & (labels < num_classes)
-  cls = jnp.where(valid, labels, -1).astype(jnp.int32)
+  cls = jnp.where(valid, labels.astype(jnp.int32), -1)  # any integer dtype (uint8 too)
   return probs, jnp.pad(cls, [(0, 0), (p, p), (p, right)], constant_values=-1)
 
 
