@@ -593,3 +593,35 @@ def test_pallas_kernels_lower_to_triton_for_gpus():
       .lower(lowering_platforms=('cuda',))
     )
   assert lowered.as_text().count('triton') == 2  # the forward and the backward kernel
+
+
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_rows_wider_than_one_kernel_block(implementation):
+  """Width 40 spans two of the fused kernels' column blocks (and pads the second)."""
+  width = affinity_pallas.BLOCK_WIDTH + 8
+  probs, labels = random_case(17, n=1, h=4, w=width, c=3)
+  rng = np.random.default_rng(17)
+  e_logits, n_logits = rng.normal(size=(2, 3, 2)).astype(np.float32)
+
+  def total(fn):
+    return jax.jit(
+      jax.value_and_grad(lambda p: jnp.sum(jnp.stack(fn(p)) * jnp.array([[1.0], [2.0]])))
+    )
+
+  value, grad = total(
+    lambda p: affinity.adaptive_affinity_loss(
+      p,
+      labels,
+      num_classes=3,
+      sizes=(1, 3),
+      edge_logits=e_logits,
+      nonedge_logits=n_logits,
+      implementation=implementation,
+    )
+  )(probs)
+  want_value, want_grad = total(
+    lambda p: straightforward_aaf(p, labels, 3, (1, 3), 3.0, e_logits, n_logits)
+  )(probs)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  assert np.abs(want_grad[:, :, affinity_pallas.BLOCK_WIDTH :]).max() > 1e-3
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-6 * np.abs(want_grad).max())
