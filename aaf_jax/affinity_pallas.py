@@ -41,8 +41,14 @@ _TRITON = pltriton.CompilerParams(num_warps=4, num_stages=1)
 
 def pair_sums(probs, labels, num_classes, sizes, margin, *, interpret=None):
   """affinity._pair_sums by the fused kernels; interpret=None interprets on the CPU only."""
+  backend = jax.default_backend()
   if interpret is None:
-    interpret = jax.default_backend() == 'cpu'
+    interpret = backend == 'cpu'
+  if not interpret and backend != 'gpu':
+    raise ValueError(
+      f"implementation='pallas' runs its kernels through Triton on GPUs (or interpreted on the "
+      f"CPU); on backend {backend!r} use implementation='xla'."
+    )
   return _pair_sums_jit(
     jnp.asarray(probs), jnp.asarray(labels), num_classes, tuple(sizes), float(margin), interpret
   )

@@ -585,7 +585,9 @@ def test_pallas_kernels_lower_to_triton_for_gpus():
     )
     return jnp.sum(edge) + jnp.sum(nonedge)
 
-  compiled_for_gpu = functools.partial(affinity_pallas.pair_sums, interpret=False)
+  def compiled_for_gpu(probs, labels, num_classes, sizes, margin):  # not interpreted, on any host
+    return affinity_pallas._pair_sums_jit(probs, labels, num_classes, sizes, margin, False)
+
   with mock.patch.object(affinity_pallas, 'pair_sums', compiled_for_gpu):
     lowered = (
       jax.jit(jax.value_and_grad(total, argnums=(0, 1)))
@@ -625,3 +627,12 @@ def test_rows_wider_than_one_kernel_block(implementation):
   np.testing.assert_allclose(value, want_value, rtol=1e-5)
   assert np.abs(want_grad[:, :, affinity_pallas.BLOCK_WIDTH :]).max() > 1e-3
   np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-6 * np.abs(want_grad).max())
+
+
+def test_pallas_refuses_a_backend_it_has_no_lowering_for():
+  probs, labels = random_case(18, n=1, h=3, w=3, c=2)
+  with (
+    mock.patch.object(jax, 'default_backend', return_value='tpu'),
+    pytest.raises(ValueError, match=r"Triton on GPUs.*backend 'tpu'.*implementation='xla'"),
+  ):
+    affinity.affinity_loss(probs, labels, num_classes=2, implementation='pallas')
