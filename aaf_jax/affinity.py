@@ -47,6 +47,11 @@ import jax.numpy as jnp
 
 _EPS = 1e-4  # the spec's clipping floor for q, 1-q, p and 1-p
 
+# How the per-pixel pair sums are computed: 'xla', the jnp form below; 'pallas', the fused
+# kernels of affinity_pallas.py (Triton on GPUs, the Pallas interpreter on the CPU). Both give
+# the same values and gradients; everything after the pair sums is shared.
+IMPLEMENTATIONS = ('xla', 'pallas')
+
 
 def loss_decay(step, num_steps):
   """The factor 10 ** (-step / num_steps) that scales the affinity term (spec item 10)."""
@@ -56,7 +61,15 @@ def loss_decay(step, num_steps):
   return jnp.power(jnp.float32(10.0), -step / jnp.asarray(num_steps, jnp.float32))
 
 
-def affinity_loss(probs, labels, *, num_classes: int, size: int = 1, margin: float = 3.0):
+def affinity_loss(
+  probs,
+  labels,
+  *,
+  num_classes: int,
+  size: int = 1,
+  margin: float = 3.0,
+  implementation: str = 'xla',
+):
   """The affinity-field loss of one neighbourhood size (spec items 1-6).
 
   Args:
@@ -65,13 +78,14 @@ def affinity_loss(probs, labels, *, num_classes: int, size: int = 1, margin: flo
     num_classes: C.
     size: half-size s of the (2s+1)x(2s+1) field.
     margin: m, the edge margin.
+    implementation: how the per-pixel pair sums are computed (see IMPLEMENTATIONS).
 
   Returns:
     (edge, nonedge): float32 scalars, the means over kept edge and non-edge elements
     (0 where there are none).
   """
-  _check_inputs(probs, labels, num_classes, (size,), 'size')
-  (sums,) = _pair_sums(probs, labels, num_classes, (size,), margin)
+  _check_inputs(probs, labels, num_classes, (size,), 'size', implementation)
+  (sums,) = _pair_sums(probs, labels, num_classes, (size,), margin, implementation)
   return (
     _safe_mean(jnp.sum(sums.edge), jnp.sum(sums.edge_count)),
     _safe_mean(jnp.sum(sums.nonedge), jnp.sum(sums.nonedge_count)),
@@ -87,6 +101,7 @@ def adaptive_affinity_loss(
   margin: float = 3.0,
   edge_logits,
   nonedge_logits,
+  implementation: str = 'xla',
 ):
   """The adaptive affinity-field loss (spec item 8), one (edge, non-edge) pair per size.
 
@@ -99,13 +114,14 @@ def adaptive_affinity_loss(
     edge_logits: [C,K] logits E; softmax over K of row y_i weights the edge elements of
       pairs centred on a pixel of class y_i.
     nonedge_logits: [C,K] logits N, the same for non-edge elements.
+    implementation: how the per-pixel pair sums are computed (see IMPLEMENTATIONS).
 
   Returns:
     (edge, nonedge): float32 arrays of shape [K]; the total loss is
     sum_k lambda_edge * edge[k] + lambda_nonedge * nonedge[k].
   """
   sizes = tuple(sizes)
-  _check_inputs(probs, labels, num_classes, sizes, 'sizes')
+  _check_inputs(probs, labels, num_classes, sizes, 'sizes', implementation)
   expected = (num_classes, len(sizes))
   for name, table in (('edge_logits', edge_logits), ('nonedge_logits', nonedge_logits)):
     if tuple(jnp.shape(table)) != expected:
@@ -115,7 +131,7 @@ def adaptive_affinity_loss(
       )
   edge_weights = jax.nn.softmax(jnp.asarray(edge_logits, jnp.float32), axis=-1)  # [C,K]
   nonedge_weights = jax.nn.softmax(jnp.asarray(nonedge_logits, jnp.float32), axis=-1)
-  sums = _pair_sums(probs, labels, num_classes, sizes, margin)
+  sums = _pair_sums(probs, labels, num_classes, sizes, margin, implementation)
   centre_class = _class_index(labels, num_classes)  # [N,H,W], C for ignored pixels
   edge_per_class = _per_class_totals([s.edge for s in sums], centre_class, num_classes)  # [K,C]
   nonedge_per_class = _per_class_totals([s.nonedge for s in sums], centre_class, num_classes)
@@ -136,8 +152,12 @@ class _PairSums(NamedTuple):
   nonedge_count: jax.Array
 
 
-def _pair_sums(probs, labels, num_classes, sizes, margin):
-  """One _PairSums per size, differentiable w.r.t. probs (any float dtype) by the custom VJP."""
+def _pair_sums(probs, labels, num_classes, sizes, margin, implementation='xla'):
+  """One _PairSums per size, differentiable w.r.t. probs (any float dtype) by a custom VJP."""
+  if implementation == 'pallas':
+    from aaf_jax import affinity_pallas  # imports this module: import it late
+
+    return affinity_pallas.pair_sums(probs, labels, num_classes, sizes, margin)
   return _pair_sums_jit(
     jnp.asarray(probs), jnp.asarray(labels), num_classes, tuple(sizes), float(margin)
   )
@@ -363,8 +383,13 @@ def _safe_mean(total, count):
   return jnp.where(count > 0, total / jnp.maximum(count, 1.0), 0.0)
 
 
-def _check_inputs(probs, labels, num_classes, sizes, sizes_name):
+def _check_inputs(probs, labels, num_classes, sizes, sizes_name, implementation):
   """Trace-time checks: shapes, dtypes and static options, with messages that say what's wrong."""
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(
+      f'implementation must be one of {IMPLEMENTATIONS} (the pair sums: XLA ops or the fused '
+      f'Pallas kernels of affinity_pallas.py), got {implementation!r}.'
+    )
   probs_shape, labels_shape = tuple(jnp.shape(probs)), tuple(jnp.shape(labels))
   if len(probs_shape) != 4:
     raise ValueError(f'probs must be [N,H,W,C] (rank 4), got shape {list(probs_shape)}.')

@@ -9,6 +9,12 @@ module does not import jax (config files use it); the terms import the loss math
 import dataclasses
 from collections.abc import Callable
 
+# config.loss.implementation: how the affinity pair sums are computed, the names of
+# affinity.IMPLEMENTATIONS (spelt here too so that configs need no jax; a test checks they agree).
+# 'xla' is the default everywhere: the fused 'pallas' kernels become a default only where they
+# are measured faster (BENCHMARKS.md).
+IMPLEMENTATIONS = ('xla', 'pallas')
+
 
 def _no_terms(probs, labels, *, num_classes, loss_cfg, tables):
   """Cross-entropy alone: no affinity term."""
@@ -20,7 +26,12 @@ def _affinity_terms(probs, labels, *, num_classes, loss_cfg, tables):
   from aaf_jax import affinity
 
   return affinity.affinity_loss(
-    probs, labels, num_classes=num_classes, size=loss_cfg.sizes[0], margin=loss_cfg.margin
+    probs,
+    labels,
+    num_classes=num_classes,
+    size=loss_cfg.sizes[0],
+    margin=loss_cfg.margin,
+    implementation=loss_cfg.implementation,
   )
 
 
@@ -38,6 +49,7 @@ def _aaf_terms(probs, labels, *, num_classes, loss_cfg, tables):
     margin=loss_cfg.margin,
     edge_logits=tables['edge_logits'],
     nonedge_logits=tables['nonedge_logits'],
+    implementation=loss_cfg.implementation,
   )
   return jnp.sum(edges), jnp.sum(nonedges)
 

@@ -27,6 +27,9 @@ RESUMABLE_FIELDS = (
   'data.manual_dir',
   'data.prefetch',
   'data.num_threads',
+  # The same loss by another computation (float32 rounding apart): a run started on a CPU
+  # ('xla') may resume on a GPU with 'pallas', and checkpoints from before the field resume.
+  'loss.implementation',
 )
 
 _PACKAGES = (

@@ -124,6 +124,7 @@ SCHEMA = {
     'lambda_edge': number(0),
     'lambda_nonedge': number(0),
     'decay': boolean(),
+    'implementation': choice(loss_kinds.IMPLEMENTATIONS),
   },
   'eval': {
     'window': integer(0),

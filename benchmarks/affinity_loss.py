@@ -1,11 +1,18 @@
-"""AAF loss (sizes 1,2,3), forward + backward under jit: aaf_jax against a stacked yardstick.
+"""AAF loss (sizes 1,2,3), forward + backward under jit: fused, current and stacked columns.
 
 The yardstick does what the authors' TensorFlow code does: for each size it stacks the 8 shifted
 neighbours into [N,H,W,C,8] tensors and computes every (pixel, offset, class) element with masks.
-Both are timed alternately in one process (the machine is shared and noisy, so only the ratios
-are meaningful), after checking that they compute the same loss and gradients.
+The columns: fused (aaf_jax's loss with implementation='pallas', the kernels of
+affinity_pallas.py; in the Pallas interpreter on a CPU, which is no speed figure), current
+(implementation='xla') and stacked (the yardstick). All are timed alternately in one process
+(the machine is shared and noisy, so only the ratios are meaningful), after checking that each
+computes the yardstick's loss and gradients. A column that fails (a kernel that does not lower)
+prints its error in its cell and the others go on. Each row is printed once measured. Needs
+only jax and numpy (and this repository on the path).
 
     python benchmarks/affinity_loss.py [--shapes 8,42,42,21 2,90,90,19] [--repeats 20]
+    python benchmarks/affinity_loss.py --smoke
+    python benchmarks/affinity_loss.py --columns current,stacked   # skip the interpreter on a CPU
 """
 
 import argparse
@@ -62,7 +69,7 @@ def yardstick_aaf(probs, labels, *, num_classes, sizes, margin, edge_logits, non
   return jnp.stack(edges), jnp.stack(nonedges)
 
 
-def make_step(loss_fn, num_classes):
+def make_step(loss_fn, num_classes, **options):
   def total(probs, labels, e, n):
     edge, nonedge = loss_fn(
       probs,
@@ -72,6 +79,7 @@ def make_step(loss_fn, num_classes):
       margin=3.0,
       edge_logits=e,
       nonedge_logits=n,
+      **options,
     )
     return jnp.sum(edge) + jnp.sum(nonedge)
 
@@ -98,45 +106,89 @@ def median_seconds(fn, args, repeats):
   return statistics.median(times)
 
 
+COLUMNS = {
+  'fused': lambda c: make_step(affinity.adaptive_affinity_loss, c, implementation='pallas'),
+  'current': lambda c: make_step(affinity.adaptive_affinity_loss, c, implementation='xla'),
+  'stacked': lambda c: make_step(yardstick_aaf, c),
+}
+SMOKE_SHAPES = ['2,12,12,5', '1,9,20,3']
+
+
+def check_same(step, reference, batch):
+  """The column's loss and gradients against the yardstick's (its tolerances, see below)."""
+  (v_ours, g_ours), (v_theirs, g_theirs) = step(*batch), reference(*batch)
+  np.testing.assert_allclose(v_ours, v_theirs, rtol=1e-4)
+  # The yardstick's own float32 rounding reaches ~3e-4 of the largest logit-table gradient
+  # at 2,256,256,19 (checked against a float64 run), hence atol 1e-3 of the scale.
+  for a, b in zip(g_ours, g_theirs):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()))
+
+
+def measure_row(shape, columns, repeats):
+  """{column: (ms, temp MiB) or an error string}; a column that fails leaves the others."""
+  batch = inputs(shape)
+  reference = COLUMNS['stacked'](shape[-1])  # compiled once, used as a check and as a column
+  steps, results = {}, {}
+  for name in columns:
+    try:
+      steps[name] = reference if name == 'stacked' else COLUMNS[name](shape[-1])
+      if name != 'stacked':
+        check_same(steps[name], reference, batch)
+      mib = steps[name].lower(*batch).compile().memory_analysis().temp_size_in_bytes / 2**20
+      results[name] = [[], mib]
+    except Exception as error:  # noqa: BLE001 (a kernel that fails to lower: say so, go on)
+      steps.pop(name, None)
+      results[name] = f'{type(error).__name__}: {str(error).splitlines()[0][:200]}'
+  for _ in range(repeats):  # alternate so drift on a shared machine hits every column
+    for name, step in steps.items():
+      results[name][0].append(median_seconds(step, batch, 1))
+  for name in steps:
+    results[name] = (statistics.median(results[name][0]) * 1e3, results[name][1])
+  return results
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--shapes', nargs='+', default=['8,42,42,21', '2,90,90,19', '2,256,256,19'])
   parser.add_argument('--repeats', type=int, default=10)
+  parser.add_argument(
+    '--columns',
+    default='fused,current,stacked',
+    help='comma-separated subset of fused (config.loss.implementation=pallas), current (=xla), '
+    'stacked (the yardstick)',
+  )
+  parser.add_argument(
+    '--smoke', action='store_true', help=f'tiny shapes {SMOKE_SHAPES}, 2 repeats: does it run'
+  )
   args = parser.parse_args()
+  columns = [c for c in args.columns.split(',') if c]
+  unknown = sorted(set(columns) - set(COLUMNS))
+  if unknown or not columns:
+    parser.error(f'--columns: expected names from {sorted(COLUMNS)}, got {args.columns!r}')
+  shapes, repeats = (SMOKE_SHAPES, 2) if args.smoke else (args.shapes, args.repeats)
   device = jax.devices()[0]
+  interpreted = ' (fused runs in the Pallas interpreter: not a speed figure)'
   print(
     f'# device: {device.device_kind} ({jax.default_backend()}), jax {jax.__version__}, '
-    f'{platform.node()}'
+    f'{platform.node()}; fwd+bwd ms, median of {repeats}'
+    + (interpreted if jax.default_backend() == 'cpu' and 'fused' in columns else ''),
+    flush=True,
   )
-  print(
-    '| N,H,W,C | aaf_jax ms | yardstick ms | time ratio | aaf_jax temp MiB | '
-    'yardstick temp MiB | memory ratio |'
-  )
-  print('|---|---|---|---|---|---|---|')
-  for spec in args.shapes:
+  ratios = [f'{c} / stacked' for c in columns if c != 'stacked' and 'stacked' in columns]
+  header = [f'{c} ms' for c in columns] + ratios + [f'{c} temp MiB' for c in columns]
+  print('| N,H,W,C | ' + ' | '.join(header) + ' |', flush=True)
+  print('|---' * (len(header) + 1) + '|', flush=True)
+  for spec in shapes:
     shape = tuple(int(v) for v in spec.split(','))
-    batch = inputs(shape)
-    ours = make_step(affinity.adaptive_affinity_loss, shape[-1])
-    theirs = make_step(yardstick_aaf, shape[-1])
-    (v_ours, g_ours), (v_theirs, g_theirs) = ours(*batch), theirs(*batch)
-    np.testing.assert_allclose(v_ours, v_theirs, rtol=1e-4)
-    # The yardstick's own float32 rounding reaches ~3e-4 of the largest logit-table gradient
-    # at 2,256,256,19 (checked against a float64 run), hence atol 1e-3 of the scale.
-    for a, b in zip(g_ours, g_theirs):
-      np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.abs(b).max()))
-    mem = [
-      f.lower(*batch).compile().memory_analysis().temp_size_in_bytes / 2**20 for f in (ours, theirs)
-    ]
-    t_ours, t_theirs = [], []
-    for _ in range(args.repeats):  # alternate so drift on a shared machine hits both
-      t_ours.append(median_seconds(ours, batch, 1))
-      t_theirs.append(median_seconds(theirs, batch, 1))
-    t_ours, t_theirs = statistics.median(t_ours) * 1e3, statistics.median(t_theirs) * 1e3
-    print(
-      f'| {spec} | {t_ours:.2f} | {t_theirs:.2f} | {t_ours / t_theirs:.3f} | '
-      f'{mem[0]:.2f} | {mem[1]:.2f} | {mem[0] / mem[1]:.3f} |',
-      flush=True,
-    )
+    results = measure_row(shape, columns, repeats)
+    timed = {c: r for c, r in results.items() if not isinstance(r, str)}
+    cells = [f'{timed[c][0]:.2f}' if c in timed else results[c] for c in columns]
+    for c in columns:
+      if c != 'stacked' and 'stacked' in columns:
+        both = c in timed and 'stacked' in timed
+        cells.append(f'{timed[c][0] / timed["stacked"][0]:.3f}' if both else '-')
+    cells += [f'{timed[c][1]:.2f}' if c in timed else '-' for c in columns]
+    print(f'| {spec} | ' + ' | '.join(cells) + ' |', flush=True)
 
 
 if __name__ == '__main__':

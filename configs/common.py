@@ -66,6 +66,8 @@ def base_config(
   )
 
   # decay: scale the affinity term by 10 ** (-step / num_train_steps) (spec item 10).
+  # implementation: how the pair sums are computed, 'xla' (jnp ops) or 'pallas' (the fused
+  # kernels of aaf_jax/affinity_pallas.py; see the README for which runs where).
   c.loss = ml_collections.ConfigDict(
     dict(
       kind=kind.name,
@@ -74,6 +76,7 @@ def base_config(
       lambda_edge=1.0,
       lambda_nonedge=1.0,
       decay=True,
+      implementation='xla',
     )
   )
 

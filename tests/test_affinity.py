@@ -1,6 +1,7 @@
 """The affinity losses against the float64 reference written from the spec, plus properties."""
 
 import functools
+from unittest import mock
 
 import affinity_reference as ref
 import hypothesis
@@ -11,7 +12,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from aaf_jax import affinity
+from aaf_jax import affinity, affinity_pallas
+
+# Every value and gradient test runs on both implementations of the pair sums: the XLA form and
+# the fused Pallas kernels (in Pallas's interpreter on the CPU). Interpreted kernels compile
+# slowly (seconds per shape), so the Pallas cases reuse a few shapes.
 
 
 def random_case(seed, n=2, h=7, w=9, c=4, ignore_frac=0.15, peaked=1.0):
@@ -28,11 +33,14 @@ def assert_close(actual, expected, rtol=1e-5, atol=1e-7):
   np.testing.assert_allclose(np.asarray(actual, np.float64), expected, rtol=rtol, atol=atol)
 
 
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
 @pytest.mark.parametrize('size', [1, 2, 3])
 @pytest.mark.parametrize('seed', [0, 1])
-def test_affinity_matches_reference(size, seed):
+def test_affinity_matches_reference(size, seed, implementation):
   probs, labels = random_case(seed)
-  edge, nonedge = affinity.affinity_loss(probs, labels, num_classes=4, size=size)
+  edge, nonedge = affinity.affinity_loss(
+    probs, labels, num_classes=4, size=size, implementation=implementation
+  )
   ref_edge, ref_nonedge = ref.affinity_loss(probs, labels, 4, size)
   assert ref_edge > 0 and ref_nonedge > 0  # the case exercises both terms
   assert edge.dtype == jnp.float32 and edge.shape == ()
@@ -40,36 +48,45 @@ def test_affinity_matches_reference(size, seed):
   assert_close(nonedge, ref_nonedge)
 
 
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
 @pytest.mark.parametrize('margin', [0.5, 3.0, 10.0])
-def test_margin(margin):
+def test_margin(margin, implementation):
   probs, labels = random_case(3, c=3)
-  got = affinity.affinity_loss(probs, labels, num_classes=3, size=1, margin=margin)
+  got = affinity.affinity_loss(
+    probs, labels, num_classes=3, size=1, margin=margin, implementation=implementation
+  )
   assert_close(got, ref.affinity_loss(probs, labels, 3, 1, margin))
 
 
 @pytest.mark.parametrize(
   'shape,size', [((1, 2, 3), 2), ((1, 3, 7), 2), ((2, 4, 1), 1), ((1, 1, 1), 1), ((1, 6, 6), 3)]
 )
-def test_images_smaller_than_the_field(shape, size):
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_images_smaller_than_the_field(shape, size, implementation):
   probs, labels = random_case(4, *shape, c=3, ignore_frac=0.0)
-  got = affinity.affinity_loss(probs, labels, num_classes=3, size=size)
+  got = affinity.affinity_loss(
+    probs, labels, num_classes=3, size=size, implementation=implementation
+  )
   assert np.all(np.isfinite(got))
   assert_close(got, ref.affinity_loss(probs, labels, 3, size))
 
 
-def test_single_class():
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_single_class(implementation):
   probs, labels = random_case(5, c=1)
-  got = affinity.affinity_loss(probs, labels, num_classes=1, size=1)
+  got = affinity.affinity_loss(probs, labels, num_classes=1, size=1, implementation=implementation)
   assert_close(got, ref.affinity_loss(probs, labels, 1, 1))
   assert float(got[0]) == 0.0  # no pair can be an edge with one class
 
 
-def test_every_pixel_ignored_gives_zero_not_nan():
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_every_pixel_ignored_gives_zero_not_nan(implementation):
   probs, _ = random_case(6)
   labels = np.full(probs.shape[:3], 255, np.int32)
   loss_fn = functools.partial(
     affinity.adaptive_affinity_loss,
     num_classes=4,
+    implementation=implementation,
     edge_logits=jnp.zeros((4, 3)),
     nonedge_logits=jnp.zeros((4, 3)),
   )
@@ -80,33 +97,48 @@ def test_every_pixel_ignored_gives_zero_not_nan():
   assert np.all(np.isfinite(grads)) and np.all(grads == 0.0)
 
 
-def test_negative_and_large_labels_are_ignored():
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_negative_and_large_labels_are_ignored(implementation):
   probs, labels = random_case(7)
   other = labels.copy()
   other[labels == 255] = -1
   other[0, 0, 0] = 4  # == num_classes: ignored as well
   labels[0, 0, 0] = 255
   assert_close(
-    affinity.affinity_loss(probs, other, num_classes=4), ref.affinity_loss(probs, labels, 4, 1)
+    affinity.affinity_loss(probs, other, num_classes=4, implementation=implementation),
+    ref.affinity_loss(probs, labels, 4, 1),
   )
 
 
-def test_confident_correct_prediction_scores_zero():
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_confident_correct_prediction_scores_zero(implementation):
   _, labels = random_case(8, ignore_frac=0.1)
   probs = np.asarray(jax.nn.one_hot(np.where(labels == 255, 0, labels), 4))
   edge, nonedge = affinity.adaptive_affinity_loss(
-    probs, labels, num_classes=4, edge_logits=jnp.zeros((4, 3)), nonedge_logits=jnp.zeros((4, 3))
+    probs,
+    labels,
+    num_classes=4,
+    edge_logits=jnp.zeros((4, 3)),
+    nonedge_logits=jnp.zeros((4, 3)),
+    implementation=implementation,
   )
   np.testing.assert_allclose(edge, 0.0, atol=1e-6)
   np.testing.assert_allclose(nonedge, 0.0, atol=1e-6)
 
 
-def test_adaptive_matches_reference():
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_adaptive_matches_reference(implementation):
   probs, labels = random_case(9, n=2, h=8, w=8, c=4)
   rng = np.random.default_rng(9)
   e_logits, n_logits = rng.normal(size=(2, 4, 3)).astype(np.float32)
   edge, nonedge = affinity.adaptive_affinity_loss(
-    probs, labels, num_classes=4, sizes=(1, 2, 3), edge_logits=e_logits, nonedge_logits=n_logits
+    probs,
+    labels,
+    num_classes=4,
+    sizes=(1, 2, 3),
+    edge_logits=e_logits,
+    nonedge_logits=n_logits,
+    implementation=implementation,
   )
   ref_edge, ref_nonedge = ref.adaptive_affinity_loss(
     probs, labels, 4, (1, 2, 3), 3.0, e_logits, n_logits
@@ -139,7 +171,8 @@ def central_difference(f, x, eps=1e-5):
   return grad
 
 
-def test_gradients_match_central_differences_of_the_reference():
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_gradients_match_central_differences_of_the_reference(implementation):
   probs, labels = random_case(11, n=1, h=5, w=5, c=3, ignore_frac=0.1)
   rng = np.random.default_rng(11)
   e_logits, n_logits = rng.normal(size=(2, 3, 2))
@@ -147,7 +180,14 @@ def test_gradients_match_central_differences_of_the_reference():
 
   def jax_total(p, e, n):
     edge, nonedge = affinity.adaptive_affinity_loss(
-      p, labels, num_classes=3, sizes=sizes, margin=margin, edge_logits=e, nonedge_logits=n
+      p,
+      labels,
+      num_classes=3,
+      sizes=sizes,
+      margin=margin,
+      edge_logits=e,
+      nonedge_logits=n,
+      implementation=implementation,
     )
     return jnp.sum(edge) + jnp.sum(nonedge)
 
@@ -211,7 +251,8 @@ def with_clip_bounds(probs):
   return probs
 
 
-def test_custom_gradient_matches_autodiff_of_the_straightforward_form():
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_custom_gradient_matches_autodiff_of_the_straightforward_form(implementation):
   probs, labels = random_case(14)
   probs = with_clip_bounds(probs)  # jnp.clip's slope there is 1/2 (on a bound) or 0
   rng = np.random.default_rng(14)
@@ -227,7 +268,14 @@ def test_custom_gradient_matches_autodiff_of_the_straightforward_form():
 
   ours = total(
     lambda p, e, n: affinity.adaptive_affinity_loss(
-      p, labels, num_classes=4, sizes=(1, 2, 3), margin=3.0, edge_logits=e, nonedge_logits=n
+      p,
+      labels,
+      num_classes=4,
+      sizes=(1, 2, 3),
+      margin=3.0,
+      edge_logits=e,
+      nonedge_logits=n,
+      implementation=implementation,
     )
   )
   plain = total(lambda p, e, n: straightforward_aaf(p, labels, 4, (1, 2, 3), 3.0, e, n))
@@ -241,14 +289,21 @@ def test_custom_gradient_matches_autodiff_of_the_straightforward_form():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6 * np.abs(want).max())
 
 
-def test_gradient_of_vmap_and_bfloat16():
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_gradient_of_vmap_and_bfloat16(implementation):
   probs, labels = random_case(15, n=1)
   stacked_p, stacked_l = np.stack([probs, probs[:, ::-1]]), np.stack([labels, labels[:, ::-1]])
   e_logits = jnp.asarray(np.random.default_rng(15).normal(size=(4, 2)), jnp.float32)
 
   def total(p, l, e):
     edge, nonedge = affinity.adaptive_affinity_loss(
-      p, l, num_classes=4, sizes=(1, 2), edge_logits=e, nonedge_logits=-e
+      p,
+      l,
+      num_classes=4,
+      sizes=(1, 2),
+      edge_logits=e,
+      nonedge_logits=-e,
+      implementation=implementation,
     )
     return jnp.sum(edge) + 2.0 * jnp.sum(nonedge)
 
@@ -276,7 +331,8 @@ def test_gradient_of_vmap_and_bfloat16():
   )
 
 
-def test_gradients_finite_at_exact_zero_and_one():
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_gradients_finite_at_exact_zero_and_one(implementation):
   labels = np.array([[[0, 1, 1], [0, 0, 1], [2, 2, 255]]], np.int32)
   probs = np.asarray(jax.nn.one_hot(np.array([[[0, 1, 2], [1, 0, 1], [2, 0, 0]]]), 3))
 
@@ -288,6 +344,7 @@ def test_gradients_finite_at_exact_zero_and_one():
       sizes=(1,),
       edge_logits=jnp.zeros((3, 1)),
       nonedge_logits=jnp.zeros((3, 1)),
+      implementation=implementation,
     )
     return jnp.sum(edge) + jnp.sum(nonedge)
 
@@ -296,12 +353,21 @@ def test_gradients_finite_at_exact_zero_and_one():
   assert np.all(np.isfinite(grads)) and np.any(grads != 0)
 
 
-def test_jit_vmap_and_bfloat16():
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_jit_vmap_and_bfloat16(implementation):
   probs, labels = random_case(12)
   zeros = jnp.zeros((4, 3))
-  fn = jax.jit(affinity.adaptive_affinity_loss, static_argnames=('num_classes', 'sizes', 'margin'))
+  fn = jax.jit(
+    affinity.adaptive_affinity_loss,
+    static_argnames=('num_classes', 'sizes', 'margin', 'implementation'),
+  )
   eager = affinity.adaptive_affinity_loss(
-    probs, labels, num_classes=4, edge_logits=zeros, nonedge_logits=zeros
+    probs,
+    labels,
+    num_classes=4,
+    edge_logits=zeros,
+    nonedge_logits=zeros,
+    implementation=implementation,
   )
   jitted = fn(
     probs,
@@ -311,27 +377,39 @@ def test_jit_vmap_and_bfloat16():
     margin=3.0,
     edge_logits=zeros,
     nonedge_logits=zeros,
+    implementation=implementation,
   )
   np.testing.assert_allclose(jitted, eager, rtol=1e-6)
   # vmap over a leading axis of ensembles: each slice equals its own call.
   stacked_p, stacked_l = np.stack([probs, probs[::-1]]), np.stack([labels, labels[:, ::-1]])
-  vmapped = jax.vmap(lambda p, l: affinity.affinity_loss(p, l, num_classes=4))(stacked_p, stacked_l)
+  vmapped = jax.vmap(
+    lambda p, l: affinity.affinity_loss(p, l, num_classes=4, implementation=implementation)
+  )(stacked_p, stacked_l)
   for b in range(2):
-    single = affinity.affinity_loss(stacked_p[b], stacked_l[b], num_classes=4)
+    single = affinity.affinity_loss(
+      stacked_p[b], stacked_l[b], num_classes=4, implementation=implementation
+    )
     np.testing.assert_allclose(np.array(vmapped)[:, b], single, rtol=1e-6)
-  half = affinity.affinity_loss(probs.astype(jnp.bfloat16), labels, num_classes=4)
+  half = affinity.affinity_loss(
+    probs.astype(jnp.bfloat16), labels, num_classes=4, implementation=implementation
+  )
   assert half[0].dtype == jnp.float32
   rounded = np.asarray(jnp.asarray(probs).astype(jnp.bfloat16).astype(jnp.float32))
   assert_close(half, ref.affinity_loss(rounded, labels, 4, 1))
 
 
-def test_no_five_dimensional_intermediate():
-  """Nothing of shape [N,H,W,C,8] (or any rank-5 array) is built, forward or backward."""
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_no_five_dimensional_intermediate(implementation):
+  """Nothing of shape [N,H,W,C,8] (or any rank-5 array) is built, forward or backward.
+
+  The Pallas kernels' refs are the padded inputs (padded by 2 * 3 and to whole column blocks
+  and a power-of-two C), and what they compute inside stays in registers.
+  """
   probs, labels = random_case(13)
 
   def total(p, e, n):
     edge, nonedge = affinity.adaptive_affinity_loss(
-      p, labels, num_classes=4, edge_logits=e, nonedge_logits=n
+      p, labels, num_classes=4, edge_logits=e, nonedge_logits=n, implementation=implementation
     )
     return jnp.sum(edge + nonedge)
 
@@ -341,6 +419,9 @@ def test_no_five_dimensional_intermediate():
   n, h, w, c = probs.shape
   limit = n * (h + 6) * (w + 6) * c  # views padded by s <= 3 are fine; 8 stacked copies are not
   assert limit < 8 * probs.size
+  if implementation == 'pallas':
+    layout = affinity_pallas._layout(probs.shape, (1, 2, 3))
+    limit = n * (h + 2 * layout.pad) * (layout.blocks * layout.block + 2 * layout.pad) * c
 
   def walk(jaxpr):
     for eqn in jaxpr.eqns:
@@ -373,6 +454,7 @@ def test_loss_decay():
     (dict(probs=np.zeros((2, 4, 4, 3), np.int32)), r'probs must be a floating dtype'),
     (dict(num_classes=5), r'3 channels but num_classes=5'),
     (dict(size=0), r'size must hold ints >= 1.*0'),
+    (dict(implementation='triton'), r"implementation must be one of \('xla', 'pallas'\).*'triton'"),
   ],
 )
 def test_bad_input_affinity(kwargs, match):
@@ -474,3 +556,83 @@ def test_property_switching_a_pixel_raises_the_loss(data):
   switched = probs.copy()
   switched[0, row, boundary - 1] = switched[0, row, boundary]  # predict the neighbour's class
   assert float(_total_af(switched, labels)) > float(_total_af(probs, labels))
+
+
+def test_implementation_names_agree_with_the_config_contract():
+  from aaf_jax import loss_kinds  # spells the names without importing jax
+
+  assert loss_kinds.IMPLEMENTATIONS == affinity.IMPLEMENTATIONS
+
+
+def test_pallas_kernels_lower_to_triton_for_gpus():
+  """Forward and backward lower through Pallas's Triton rules for 'cuda', from this CPU host.
+
+  This catches what the Triton lowering refuses (slices of loaded values, non-power-of-two
+  blocks, unsupported primitives) without a GPU; Triton's own compile to PTX needs one.
+  """
+  pytest.importorskip('jax._src.lib.triton', reason='this jaxlib has no Triton dialect')
+  probs, labels = random_case(16, n=1, h=5, w=6, c=3)
+
+  def total(p, e):
+    edge, nonedge = affinity.adaptive_affinity_loss(
+      p,
+      labels,
+      num_classes=3,
+      sizes=(1, 2),
+      edge_logits=e,
+      nonedge_logits=e,
+      implementation='pallas',
+    )
+    return jnp.sum(edge) + jnp.sum(nonedge)
+
+  def compiled_for_gpu(probs, labels, num_classes, sizes, margin):  # not interpreted, on any host
+    return affinity_pallas._pair_sums_jit(probs, labels, num_classes, sizes, margin, False)
+
+  with mock.patch.object(affinity_pallas, 'pair_sums', compiled_for_gpu):
+    lowered = (
+      jax.jit(jax.value_and_grad(total, argnums=(0, 1)))
+      .trace(probs, jnp.zeros((3, 2)))
+      .lower(lowering_platforms=('cuda',))
+    )
+  assert lowered.as_text().count('triton') == 2  # the forward and the backward kernel
+
+
+@pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
+def test_rows_wider_than_one_kernel_block(implementation):
+  """Width 40 spans two of the fused kernels' column blocks (and pads the second)."""
+  width = affinity_pallas.BLOCK_WIDTH + 8
+  probs, labels = random_case(17, n=1, h=4, w=width, c=3)
+  rng = np.random.default_rng(17)
+  e_logits, n_logits = rng.normal(size=(2, 3, 2)).astype(np.float32)
+
+  def total(fn):
+    return jax.jit(
+      jax.value_and_grad(lambda p: jnp.sum(jnp.stack(fn(p)) * jnp.array([[1.0], [2.0]])))
+    )
+
+  value, grad = total(
+    lambda p: affinity.adaptive_affinity_loss(
+      p,
+      labels,
+      num_classes=3,
+      sizes=(1, 3),
+      edge_logits=e_logits,
+      nonedge_logits=n_logits,
+      implementation=implementation,
+    )
+  )(probs)
+  want_value, want_grad = total(
+    lambda p: straightforward_aaf(p, labels, 3, (1, 3), 3.0, e_logits, n_logits)
+  )(probs)
+  np.testing.assert_allclose(value, want_value, rtol=1e-5)
+  assert np.abs(want_grad[:, :, affinity_pallas.BLOCK_WIDTH :]).max() > 1e-3
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-4, atol=1e-6 * np.abs(want_grad).max())
+
+
+def test_pallas_refuses_a_backend_it_has_no_lowering_for():
+  probs, labels = random_case(18, n=1, h=3, w=3, c=2)
+  with (
+    mock.patch.object(jax, 'default_backend', return_value='tpu'),
+    pytest.raises(ValueError, match=r"Triton on GPUs.*backend 'tpu'.*implementation='xla'"),
+  ):
+    affinity.affinity_loss(probs, labels, num_classes=2, implementation='pallas')

@@ -5,14 +5,17 @@ the two lambdas swapped, the loss decay ignored, the aux head's loss dropped, Ba
 statistics not updated, one dropout key reused every step, a host transfer inside the step.
 """
 
+from unittest import mock
+
 import affinity_reference as ref
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 from tiny import tiny_config
 
-from aaf_jax import models, optim, step
+from aaf_jax import affinity_pallas, loss_kinds, models, optim, step
 
 NUM_CLASSES = 7
 
@@ -161,3 +164,24 @@ def test_train_step_makes_no_host_transfer():
       state, metrics, finite = train_step(state, batch)
   assert bool(finite) and int(state.step) == 3
   assert np.isfinite(metrics.compute()['loss'])
+
+
+@pytest.mark.parametrize('kind', ['affinity', 'aaf'])
+def test_config_loss_implementation_chooses_the_pair_sums(kind):
+  """config.loss.implementation reaches the loss: 'pallas' runs the fused kernels, 'xla' not."""
+  rng = np.random.default_rng(0)
+  probs = jax.nn.softmax(jnp.asarray(rng.normal(size=(1, 4, 5, 3)), jnp.float32), axis=-1)
+  labels = jnp.asarray(rng.integers(0, 3, size=(1, 4, 5)), jnp.int32)
+  sizes = loss_kinds.get(kind).default_sizes[:2]
+  tables = {'edge_logits': jnp.zeros((3, len(sizes))), 'nonedge_logits': jnp.zeros((3, len(sizes)))}
+  terms = {}
+  for implementation in ('xla', 'pallas'):
+    loss_cfg = ml_collections.ConfigDict(
+      dict(sizes=sizes, margin=3.0, implementation=implementation)
+    )
+    with mock.patch.object(affinity_pallas, 'pair_sums', wraps=affinity_pallas.pair_sums) as fused:
+      terms[implementation] = loss_kinds.get(kind).terms(
+        probs, labels, num_classes=3, loss_cfg=loss_cfg, tables=tables
+      )
+    assert fused.called == (implementation == 'pallas')
+  np.testing.assert_allclose(terms['pallas'], terms['xla'], rtol=1e-5)

@@ -67,6 +67,11 @@ def _paths(tree, prefix=''):
     ('loss.sizes', (), r'config.loss.sizes=\(\): expected a non-empty'),
     ('loss.lambda_edge', -1.0, r'config.loss.lambda_edge=-1.0'),
     ('loss.kind', 'crf', r"config.loss.kind='crf': expected one of \('ce', 'affinity', 'aaf'\)"),
+    (
+      'loss.implementation',
+      'triton',
+      r"config.loss.implementation='triton': expected one of \('xla', 'pallas'\)",
+    ),
     ('data.eval_size', (72,), r'config.data.eval_size=\(72,\): expected a tuple of 2'),
     ('data.eval_size', 'big', r"config.data.eval_size='big'"),
     ('data.mean', (1.0, 2.0), r'config.data.mean'),
@@ -217,3 +222,13 @@ def test_launch_parses_a_fractional_boundary_width(tmp_path):
     'config.eval.boundary_width=1.5: expected an integer >= 1 (pixels) or a float' in out.stderr
   )
   assert not (tmp_path / 'tfds').exists() and not (tmp_path / 'run').exists()
+
+
+def test_the_loss_implementation_may_change_on_resume():
+  from aaf_jax import run_record
+
+  assert (
+    run_record.differences({'loss.implementation': 'xla'}, {'loss.implementation': 'pallas'}) == []
+  )
+  assert run_record.differences({}, {'loss.implementation': 'xla'}) == []  # older checkpoints
+  assert run_record.differences({'loss.margin': 3.0}, {'loss.margin': 2.0})  # others still count
