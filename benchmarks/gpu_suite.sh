@@ -73,7 +73,8 @@ if ((smoke)); then
   part 'Dilated 3x3 conv, forward + backward' 120 benchmarks/dilated_conv.py --smoke
   part 'Train step: ce against aaf, both dilated-conv forms' 300 benchmarks/step_suite.py \
     --preset=pspnet_tiny --batch=2 --crops 32 48 --dtype=bfloat16 \
-    --forms space_to_batch native --steps=1 --rounds=1 --peak_tflops="${peak}" \
+    --forms space_to_batch native --implementations xla pallas --steps=1 --rounds=1 \
+    --peak_tflops="${peak}" \
     --profile_dir="${TMPDIR:-/tmp}/aaf_jax_profile"
 else
   part 'AAF loss, forward + backward' 100 benchmarks/affinity_loss.py --repeats 20 \
@@ -82,7 +83,8 @@ else
     --repeats 20
   part 'Train step: PSPNet-ResNet-101, ce against aaf' 360 benchmarks/step_suite.py \
     --preset=pspnet_resnet101 --batch=8 --dtype=bfloat16 --crops 336 720 \
-    --forms space_to_batch native --steps=5 --rounds=3 --peak_tflops="${peak}" \
+    --forms space_to_batch native --implementations xla pallas --steps=5 --rounds=3 \
+    --peak_tflops="${peak}" \
     --profile_dir="${TMPDIR:-/tmp}/aaf_jax_profile"
 fi
 

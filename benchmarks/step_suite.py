@@ -54,11 +54,13 @@ def host_state(init_fn, seed=0):
   return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-def build(args, kind, form, crop):
+def build(args, variant, crop):
+  kind, form, implementation = variant
   config = common.base_config(kind, args.preset)
   config.num_train_steps = 1000
   config.batch_size = args.batch
   config.compute_dtype = args.dtype
+  config.loss.implementation = implementation
   if form:
     config.model.dilated_conv = form
   model = models.build_model(
@@ -70,33 +72,57 @@ def build(args, kind, form, crop):
   return state, train_step
 
 
-def prepare(args, kinds, forms, crop):
-  """Trace every (kind, form) step, then compile them all at once in threads."""
+def variants(kinds, forms, implementations):
+  """(kind, conv form, loss implementation) triples; ce has no affinity term to implement."""
+  return [
+    (kind, form, impl)
+    for kind in kinds
+    for form in forms
+    for impl in (implementations[:1] if kind == 'ce' else implementations)
+  ]
+
+
+def prepare(args, wanted, crop):
+  """Trace every variant's step, then compile them all at once in threads.
+
+  A variant that fails to trace or compile (a kernel the backend refuses) is reported and
+  left out; the others go on.
+  """
   batch = random_batch(args.batch, crop, args.classes)
   runs = {}
-  for kind in kinds:
-    for form in forms:
-      state, train_step = build(args, kind, form, crop)
+  for variant in wanted:
+    try:
+      state, train_step = build(args, variant, crop)
       traced = jax.jit(train_step, donate_argnums=0).trace(state, batch)
-      runs[kind, form] = dict(
+      runs[variant] = dict(
         state=state, flops=count_flops(traced.jaxpr.jaxpr), lowered=traced.lower(), times=[]
       )
+    except Exception as error:  # reported, and the other variants go on
+      print(f'{"/".join(variant)} at crop {crop}: not lowered: {_first_line(error)}', flush=True)
   start = time.perf_counter()
 
-  def compile_run(run):
+  def compile_run(variant):
     t0 = time.perf_counter()
-    run['compiled'] = run['lowered'].compile()
-    run['compile_s'] = time.perf_counter() - t0
+    try:
+      runs[variant]['compiled'] = runs[variant]['lowered'].compile()
+    except Exception as error:
+      print(f'{"/".join(variant)} at crop {crop}: not compiled: {_first_line(error)}', flush=True)
+    runs[variant]['compile_s'] = time.perf_counter() - t0
 
-  with concurrent.futures.ThreadPoolExecutor(len(runs)) as pool:
-    list(pool.map(compile_run, runs.values()))
+  with concurrent.futures.ThreadPoolExecutor(max(len(runs), 1)) as pool:
+    list(pool.map(compile_run, list(runs)))
   each = ', '.join(f'{run["compile_s"]:.0f} s' for run in runs.values())
   print(
     f'# compiled {len(runs)} steps at crop {crop} in {time.perf_counter() - start:.1f} s '
     f'(each: {each})',
     flush=True,
   )
-  return runs, batch
+  return {v: run for v, run in runs.items() if 'compiled' in run}, batch
+
+
+def _first_line(error):
+  text = f'{type(error).__name__}: {error}'.strip()
+  return text.splitlines()[0][:300]
 
 
 def time_runs(runs, batch, steps, rounds):
@@ -125,28 +151,30 @@ def memory_gib(compiled):
 def print_table(runs, args, crop):
   print(f'\n### crop {crop}, batch {args.batch}, {args.classes} classes, {args.dtype}')
   print(
-    '| loss | dilated conv | step ms | images/s | GFLOPs/image | TFLOP/s | MFU | '
+    '| loss | dilated conv | loss impl. | step ms | images/s | GFLOPs/image | TFLOP/s | MFU | '
     'vs ce | program GiB |'
   )
-  print('|---|---|---|---|---|---|---|---|---|')
-  for (kind, form), run in runs.items():
+  print('|---|---|---|---|---|---|---|---|---|---|')
+  ce_times = {form: run['times'] for (kind, form, _), run in runs.items() if kind == 'ce'}
+  for (kind, form, impl), run in runs.items():
     t = statistics.median(run['times'])
-    base = statistics.median(runs['ce', form]['times']) if ('ce', form) in runs else t
+    base = statistics.median(ce_times[form]) if form in ce_times else float('nan')
     achieved = run['flops'] / t / 1e12
     mfu = f'{achieved / args.peak_tflops:.3f}' if args.peak_tflops else '-'
     print(
-      f'| {kind} | {form or "(config default)"} | {1e3 * t:.2f} | {args.batch / t:.1f} | '
-      f'{run["flops"] / args.batch / 1e9:.1f} | {achieved:.1f} | {mfu} | {t / base:.3f} | '
-      f'{memory_gib(run["compiled"]):.2f} |',
+      f'| {kind} | {form or "(config default)"} | {"-" if kind == "ce" else impl} | '
+      f'{1e3 * t:.2f} | {args.batch / t:.1f} | {run["flops"] / args.batch / 1e9:.1f} | '
+      f'{achieved:.1f} | {mfu} | {t / base:.3f} | {memory_gib(run["compiled"]):.2f} |',
       flush=True,
     )
 
 
 def faster_form(runs, forms):
-  """The form whose slowest kind is fastest (every form ran every kind)."""
+  """The form whose slowest variant is fastest, among forms that ran."""
 
   def slowest(form):
-    return max(statistics.median(r['times']) for (_, f), r in runs.items() if f == form)
+    times = [statistics.median(r['times']) for (_, f, _), r in runs.items() if f == form]
+    return max(times) if times else float('inf')
 
   return min(forms, key=slowest)
 
@@ -276,6 +304,12 @@ def main():
   parser.add_argument(
     '--forms', nargs='+', default=[''], help="config.model.dilated_conv values ('' = default)"
   )
+  parser.add_argument(
+    '--implementations',
+    nargs='+',
+    default=['xla'],
+    help='config.loss.implementation values for the affinity kinds',
+  )
   parser.add_argument('--steps', type=int, default=5, help='timed steps per round')
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--peak_tflops', type=float, default=0.0, help='for MFU (matmul_peak.py)')
@@ -288,20 +322,23 @@ def main():
     f'({jax.default_backend()}), jax {jax.__version__}, {platform.node()}',
     flush=True,
   )
-  forms, profiled = list(args.forms), None
+  forms = list(args.forms)
   for index, crop in enumerate(args.crops):
-    runs, batch = prepare(args, args.kinds, forms, crop)
+    runs, batch = prepare(args, variants(args.kinds, forms, args.implementations), crop)
+    if not runs:
+      continue
     time_runs(runs, batch, args.steps, args.rounds)
     print_table(runs, args, crop)
     if index == 0:
       forms = [faster_form(runs, forms)]
       if len(args.forms) > 1:
         print(f'\nfaster dilated-conv form at crop {crop}: {forms[0]}', flush=True)
-      profiled = (runs[args.kinds[-1], forms[0]], batch)
-      if args.profile_dir:
-        profile(*profiled, args.profile_dir)
-    for run in runs.values():
-      run.pop('compiled'), run.pop('lowered'), run.pop('state')
+      if args.profile_dir:  # the fastest variant of the last kind, with the faster form
+        last = [v for v in runs if v[0] == args.kinds[-1] and v[1] == forms[0]]
+        fastest = min(last, key=lambda v: statistics.median(runs[v]['times']))
+        print(f'\nprofiled: {"/".join(fastest)} at crop {crop}', flush=True)
+        profile(runs[fastest], batch, args.profile_dir)
+    runs.clear()
   stats = device.memory_stats() or {}
   if 'peak_bytes_in_use' in stats:
     print(f'\npeak device memory over the run: {stats["peak_bytes_in_use"] / 2**30:.2f} GiB')
