@@ -14,6 +14,9 @@ STEMS = ('standard', 'deep')
 # classifier with zero bias); 'tf1_glorot' is TF1's `tf.get_variable` default that the authors'
 # PSPNet head gets: Glorot uniform for every kernel and for the classifier's bias.
 HEAD_INITS = ('he', 'tf1_glorot')
+# How a dilated conv is computed (aaf_jax/models/dilated.py); both give the same function and
+# the same parameters, so the choice is a matter of speed only.
+DILATED_CONV_FORMS = ('space_to_batch', 'native')
 
 # Options every registered network takes (the backbone and the auxiliary head), with defaults.
 _SEGMENTER_OPTIONS = dict(
@@ -32,6 +35,8 @@ _SEGMENTER_OPTIONS = dict(
   dropout=0.0,
   aux_head=False,
   aux_width=256,
+  # Same function and parameters either way; space_to_batch trains faster on the GPU (README).
+  dilated_conv='space_to_batch',
 )
 
 # Every option of each network `config.model.name` names, with its default.

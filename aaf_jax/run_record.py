@@ -27,6 +27,7 @@ RESUMABLE_FIELDS = (
   'data.manual_dir',
   'data.prefetch',
   'data.num_threads',
+  'model.dilated_conv',  # how a dilated conv computes, not what: same function, same params
 )
 
 _PACKAGES = (
