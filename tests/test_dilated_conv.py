@@ -12,7 +12,7 @@ from aaf_jax import models, presets, validation
 from aaf_jax.models import dilated, resnet
 from configs import common as configs_common
 
-_PROPS = hypothesis.settings(max_examples=12, deadline=None, derandomize=True)
+_PROPS = hypothesis.settings(max_examples=8, deadline=None, derandomize=True)
 
 
 def _both_forms(features, rate, *, use_bias, dtype=jnp.float32, kernel_init=None):
