@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from aaf_jax import models, presets, validation
+from aaf_jax import checkpoint, models, presets, run_record, validation
 from aaf_jax.models import dilated, resnet
 from configs import common as configs_common
 
@@ -179,3 +179,17 @@ def test_unknown_form_is_refused_naming_the_key():
   config.model.dilated_conv = 'winograd'
   with pytest.raises(validation.ConfigError, match=r'config\.model\.dilated_conv'):
     validation.validate(config)
+
+
+def test_checkpoints_of_either_form_or_older_than_the_field_are_accepted():
+  # The field says how, not what: a resumed run, an evaluation or an init checkpoint may differ
+  # in it, or come from before it existed.
+  saved = {'model.backbone': 'resnet10', 'loss.margin': 3.0}
+  current = {**saved, 'model.dilated_conv': 'native'}
+  assert run_record.differences(saved, current) == []
+  fields = checkpoint.network_fields(current)
+  assert 'model.backbone' in fields and 'model.dilated_conv' not in fields
+  assert run_record.differences(saved, current, fields) == []
+  model = {'backbone': 'resnet10'}
+  with_field = ml_collections.ConfigDict({'model': {**model, 'dilated_conv': 'native'}})
+  assert run_record.fingerprint(with_field) == run_record.fingerprint({'model': model})
