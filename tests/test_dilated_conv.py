@@ -166,9 +166,10 @@ def test_default_form_is_the_documented_one_everywhere():
   assert presets.DILATED_CONV_FORMS[0] == 'space_to_batch'
   for name in presets.NETWORK_OPTIONS:
     assert models.option_defaults(name)['dilated_conv'] == 'space_to_batch'
-  assert configs_common.base_config('aaf', 'pspnet_resnet101').model.dilated_conv == (
-    'space_to_batch'
-  )
+  for preset in ('pspnet_resnet101', 'deeplabv2_resnet101', 'deeplabv3_resnet101'):
+    assert configs_common.base_config('aaf', preset).model.dilated_conv == 'space_to_batch'
+  # The CPU-sized preset of the main job keeps the form that is faster on the CPU.
+  assert configs_common.base_config('aaf', 'pspnet_tiny').model.dilated_conv == 'native'
 
 
 def test_unknown_form_is_refused_naming_the_key():
