@@ -149,7 +149,9 @@ def network_fields(flat_config: dict) -> list[str]:
   return [
     k
     for k in flat_config
-    if k.startswith('model.') and k.split('.', 1)[1] not in presets.TRAINER_FIELDS
+    if k.startswith('model.')
+    and k.split('.', 1)[1] not in presets.TRAINER_FIELDS
+    and k not in run_record.RESUMABLE_FIELDS
   ]
 
 

@@ -14,6 +14,9 @@ STEMS = ('standard', 'deep')
 # classifier with zero bias); 'tf1_glorot' is TF1's `tf.get_variable` default that the authors'
 # PSPNet head gets: Glorot uniform for every kernel and for the classifier's bias.
 HEAD_INITS = ('he', 'tf1_glorot')
+# How a dilated conv is computed (aaf_jax/models/dilated.py); both give the same function and
+# the same parameters, so the choice is a matter of speed only.
+DILATED_CONV_FORMS = ('space_to_batch', 'native')
 
 # Options every registered network takes (the backbone and the auxiliary head), with defaults.
 _SEGMENTER_OPTIONS = dict(
@@ -32,6 +35,9 @@ _SEGMENTER_OPTIONS = dict(
   dropout=0.0,
   aux_head=False,
   aux_width=256,
+  # Same function and parameters either way; space_to_batch trains much faster on the GPU
+  # (README, "Models and pretrained weights").
+  dilated_conv='space_to_batch',
 )
 
 # Every option of each network `config.model.name` names, with its default.
@@ -59,6 +65,9 @@ PRESETS = {
     stem_pool=False,
     head_width=32,
     bins=(1, 2, 3, 6),
+    # On the 2-core CPU the native dilated conv is the faster form (BENCHMARKS.md, "Dilated
+    # convolutions"); this CPU-sized preset keeps it, the GPU-sized ones get the default.
+    dilated_conv='native',
   ),
   # The paper's network: PSPNet on a slim-layout ResNet-101 at output stride 8, with the
   # authors' BatchNorm (decay 0.9997 in the backbone, 0.99 in the head, epsilon 1e-3: their

@@ -30,6 +30,7 @@ RESUMABLE_FIELDS = (
   # The same loss by another computation (float32 rounding apart): a run started on a CPU
   # ('xla') may resume on a GPU with 'pallas', and checkpoints from before the field resume.
   'loss.implementation',
+  'model.dilated_conv',  # how a dilated conv computes, not what: same function, same params
 )
 
 _PACKAGES = (

@@ -184,6 +184,7 @@ MODEL_OPTIONS = {
   'dropout': number(0, 1, high_open=True),
   'aux_head': boolean(),
   'aux_width': integer(1),
+  'dilated_conv': choice(presets.DILATED_CONV_FORMS),
   'head_width': integer(1),
   'bins': sequence(integer(1), nonempty=True, distinct=True),
   'aspp_rates': sequence(integer(1)),

@@ -20,7 +20,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
-from aaf_jax import models, optim, step
+from aaf_jax import models, optim, presets, step
 from configs import common
 
 
@@ -55,8 +55,10 @@ def random_batch(batch, crop, classes, seed=0):
   }
 
 
-def build(preset, kind, crop, batch, num_classes, dtype, steps):
+def build(preset, kind, crop, batch, num_classes, dtype, steps, dilated_conv=None):
   config = common.base_config(kind, preset)
+  if dilated_conv:
+    config.model.dilated_conv = dilated_conv
   config.num_train_steps = steps
   config.batch_size = batch
   config.compute_dtype = dtype
@@ -80,6 +82,12 @@ def main():
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--kinds', nargs='+', default=['ce', 'aaf'])
   parser.add_argument(
+    '--dilated_conv',
+    choices=presets.DILATED_CONV_FORMS,
+    default=None,
+    help="how dilated convs compute (config.model.dilated_conv); default: the preset's",
+  )
+  parser.add_argument(
     '--peak_tflops',
     type=float,
     default=0.0,
@@ -92,7 +100,7 @@ def main():
   runs = {}
   for kind in args.kinds:
     state, train_step = build(
-      args.preset, kind, args.crop, args.batch, args.classes, args.dtype, 1000
+      args.preset, kind, args.crop, args.batch, args.classes, args.dtype, 1000, args.dilated_conv
     )
     flops = count_flops(jax.make_jaxpr(train_step)(state, batch).jaxpr)
     state, _, _ = train_step(state, batch)  # warm-up
@@ -107,9 +115,10 @@ def main():
       run['times'].append((time.perf_counter() - start) / args.steps)
 
   device = jax.devices()[0]
+  runs_form = args.dilated_conv or common.base_config('ce', args.preset).model.dilated_conv
   print(
     f'# {args.preset}, crop {args.crop}, batch {args.batch}, {args.classes} classes, '
-    f'{args.dtype}; device {device.device_kind} x{jax.device_count()} '
+    f'{args.dtype}, dilated_conv {runs_form}; device {device.device_kind} x{jax.device_count()} '
     f'({jax.default_backend()}), jax {jax.__version__}, {platform.node()}'
   )
   print(

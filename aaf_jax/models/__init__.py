@@ -7,14 +7,17 @@ Every field of `config.model` other than `name` is a constructor option of the c
 
 import dataclasses
 import numbers
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax.numpy as jnp
-import ml_collections
 
 from aaf_jax.models import deeplab, pspnet
 from aaf_jax.presets import PRESETS as PRESETS  # re-exported: the registry's presets
 from aaf_jax.presets import TRAINER_FIELDS, network_defaults, preset
+
+if TYPE_CHECKING:  # imported where used, so that benchmarks can import the models without it
+  import ml_collections
 
 _REGISTRY = {
   'pspnet': pspnet.PSPNet,
@@ -54,7 +57,7 @@ def _options(model_cfg) -> tuple[type, dict]:
 
 
 def build_model(
-  model_cfg: ml_collections.ConfigDict, *, num_classes: int, dtype=jnp.float32
+  model_cfg: 'ml_collections.ConfigDict', *, num_classes: int, dtype=jnp.float32
 ) -> nn.Module:
   """The network named by `model_cfg.name`, built with the other fields as options.
 
@@ -80,8 +83,10 @@ def check_input_size(model_cfg, height: int, width: int) -> None:
       )
 
 
-def default_config(name: str) -> ml_collections.ConfigDict:
+def default_config(name: str) -> 'ml_collections.ConfigDict':
   """Every option of network `name` with its default, plus the trainer fields."""
+  import ml_collections
+
   _network_class(name)
   return ml_collections.ConfigDict(network_defaults(name))
 
@@ -92,6 +97,8 @@ def option_defaults(name: str) -> dict:
   return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in _NOT_OPTIONS}
 
 
-def get_preset(name: str) -> ml_collections.ConfigDict:
+def get_preset(name: str) -> 'ml_collections.ConfigDict':
   """A ready-made `config.model`: `aaf_jax.presets.PRESETS[name]` over the network's defaults."""
+  import ml_collections
+
   return ml_collections.ConfigDict(preset(name))

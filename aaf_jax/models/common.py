@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from aaf_jax import presets
-from aaf_jax.models import resnet
+from aaf_jax.models import dilated, resnet
 
 HEAD_INITS = presets.HEAD_INITS  # what `head_init` can be, and why: see aaf_jax/presets.py
 
@@ -23,11 +23,13 @@ def _tf1_glorot_bias(key, shape, dtype=jnp.float32):
   return jax.random.uniform(key, shape, dtype, -limit, limit)
 
 
-def conv(features, kernel, *, rate=1, dtype, name, init='he'):
+def conv(features, kernel, *, rate=1, dtype, name, init='he', form='space_to_batch'):
   """Stride-1 conv without bias (a BN follows), 'same' size, float32 parameters; He init, or
-  Glorot uniform for init='tf1_glorot'."""
+  Glorot uniform for init='tf1_glorot'; dilated, it computes in `form` (models/dilated.py)."""
   kernel_init = {} if init == 'he' else {'kernel_init': nn.initializers.glorot_uniform()}
-  return resnet.conv2d(features, kernel, rate=rate, dtype=dtype, name=name, **kernel_init)
+  return resnet.conv2d(
+    features, kernel, rate=rate, dtype=dtype, name=name, form=form, **kernel_init
+  )
 
 
 def classifier(num_classes, *, dtype, name='classifier', init='he'):
@@ -81,9 +83,11 @@ class Segmenter(nn.Module):
   dropout: float = 0.0
   aux_head: bool = False
   aux_width: int = 256
+  dilated_conv: str = 'space_to_batch'  # how dilated convs compute: presets.DILATED_CONV_FORMS
   dtype: Any = jnp.float32
 
   def __post_init__(self):
+    dilated.check_form(self.dilated_conv)
     if self.backbone not in resnet.BACKBONES:
       raise ValueError(
         f'model backbone={self.backbone!r} is unknown; expected one of {sorted(resnet.BACKBONES)}.'
@@ -126,6 +130,7 @@ class Segmenter(nn.Module):
       bn_epsilon=self.bn_epsilon,
       freeze_bn=self.freeze_bn,
       dtype=self.dtype,
+      dilated_conv=self.dilated_conv,
       **module_kwargs,
     )
 

@@ -6,7 +6,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from aaf_jax.models import common
+from aaf_jax.models import common, dilated
 
 
 class ASPPv2Head(nn.Module):
@@ -15,20 +15,21 @@ class ASPPv2Head(nn.Module):
   num_classes: int
   rates: Sequence[int]
   dtype: Any = jnp.float32
+  dilated_conv: str = 'space_to_batch'
 
   @nn.compact
   def __call__(self, x, *, train: bool):
     del train  # no BN or dropout in this head
     outs = [
-      nn.Conv(
+      dilated.conv(
         self.num_classes,
-        (3, 3),
-        kernel_dilation=r,
-        padding=((r, r), (r, r)),
+        3,
+        rate=r,
+        use_bias=True,
         dtype=self.dtype,
-        param_dtype=jnp.float32,
         kernel_init=nn.initializers.normal(0.01),
         name=f'rate{r}_conv',
+        form=self.dilated_conv,
       )(x)
       for r in self.rates
     ]
@@ -45,6 +46,7 @@ class ASPPv3Head(nn.Module):
   dropout: float
   norm: Any
   dtype: Any = jnp.float32
+  dilated_conv: str = 'space_to_batch'
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -57,7 +59,10 @@ class ASPPv3Head(nn.Module):
       )
     ]
     for r in self.rates:
-      y = common.conv(self.width, 3, rate=r, dtype=self.dtype, name=f'rate{r}_conv')(x)
+      rate_conv = common.conv(
+        self.width, 3, rate=r, dtype=self.dtype, name=f'rate{r}_conv', form=self.dilated_conv
+      )
+      y = rate_conv(x)
       branches.append(nn.relu(self.norm(name=f'rate{r}_bn')(y)))
     pooled = jnp.mean(x, axis=(1, 2), keepdims=True)  # [N,1,1,C]
     pooled = common.conv(self.width, 1, dtype=self.dtype, name='image_pool_conv')(pooled)
@@ -88,7 +93,9 @@ class DeepLabV2(common.Segmenter):
 
   def make_head(self, norm):
     del norm
-    return ASPPv2Head(self.num_classes, tuple(self.aspp_rates), self.dtype, name='head')
+    return ASPPv2Head(
+      self.num_classes, tuple(self.aspp_rates), self.dtype, self.dilated_conv, name='head'
+    )
 
 
 class DeepLabV3(common.Segmenter):
@@ -112,5 +119,12 @@ class DeepLabV3(common.Segmenter):
 
   def make_head(self, norm):
     return ASPPv3Head(
-      self.num_classes, self.head_width, self.rates(), self.dropout, norm, self.dtype, name='head'
+      self.num_classes,
+      self.head_width,
+      self.rates(),
+      self.dropout,
+      norm,
+      self.dtype,
+      self.dilated_conv,
+      name='head',
     )

@@ -23,6 +23,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from aaf_jax.models import dilated
+
 # Preset depths: (unit type, units per stage).
 BACKBONES = {
   'resnet10': ('basic', (1, 1, 1, 1)),
@@ -130,21 +132,20 @@ def batch_norm(*, train: bool, frozen: bool, momentum: float, epsilon: float, dt
   )
 
 
-def conv2d(features, kernel, *, stride=1, rate=1, dtype, name, kernel_init=_conv_init):
+def conv2d(
+  features, kernel, *, stride=1, rate=1, dtype, name, kernel_init=_conv_init, form='space_to_batch'
+):
   """k x k conv, no bias, symmetric padding rate * (k - 1) / 2, He init (unless `kernel_init`
-  says otherwise), float32 params."""
-  pad = rate * (kernel - 1) // 2
-  return nn.Conv(
+  says otherwise), float32 params; a dilated one computed in `form` (models/dilated.py)."""
+  return dilated.conv(
     features,
-    (kernel, kernel),
-    strides=stride,
-    kernel_dilation=rate,
-    padding=((pad, pad), (pad, pad)),
-    use_bias=False,
+    kernel,
+    stride=stride,
+    rate=rate,
     dtype=dtype,
-    param_dtype=jnp.float32,
-    kernel_init=kernel_init,
     name=name,
+    kernel_init=kernel_init,
+    form=form,
   )
 
 
@@ -154,13 +155,16 @@ class BottleneckUnit(nn.Module):
   plan: UnitPlan
   norm: Any
   dtype: Any = jnp.float32
+  dilated_conv: str = 'space_to_batch'
 
   @nn.compact
   def __call__(self, x):
     p = self.plan
     width = p.out_features // 4
     y = nn.relu(self.norm(name='bn1')(conv2d(width, 1, dtype=self.dtype, name='conv1')(x)))
-    y = conv2d(width, 3, stride=p.stride, rate=p.rate, dtype=self.dtype, name='conv2')(y)
+    y = conv2d(
+      width, 3, stride=p.stride, rate=p.rate, dtype=self.dtype, name='conv2', form=self.dilated_conv
+    )(y)
     y = nn.relu(self.norm(name='bn2')(y))
     y = self.norm(name='bn3')(conv2d(p.out_features, 1, dtype=self.dtype, name='conv3')(y))
     return nn.relu(y + _shortcut(x, p, self.norm, self.dtype))
@@ -172,13 +176,26 @@ class BasicUnit(nn.Module):
   plan: UnitPlan
   norm: Any
   dtype: Any = jnp.float32
+  dilated_conv: str = 'space_to_batch'
 
   @nn.compact
   def __call__(self, x):
     p = self.plan
-    y = conv2d(p.out_features, 3, stride=p.stride, rate=p.rate, dtype=self.dtype, name='conv1')(x)
+    conv1 = conv2d(
+      p.out_features,
+      3,
+      stride=p.stride,
+      rate=p.rate,
+      dtype=self.dtype,
+      name='conv1',
+      form=self.dilated_conv,
+    )
+    y = conv1(x)
     y = nn.relu(self.norm(name='bn1')(y))
-    y = conv2d(p.out_features, 3, rate=p.rate, dtype=self.dtype, name='conv2')(y)
+    conv2 = conv2d(
+      p.out_features, 3, rate=p.rate, dtype=self.dtype, name='conv2', form=self.dilated_conv
+    )
+    y = conv2(y)
     y = self.norm(name='bn2')(y)
     return nn.relu(y + _shortcut(x, p, self.norm, self.dtype))
 
@@ -210,8 +227,10 @@ class ResNet(nn.Module):
   freeze_bn: bool = False
   num_classes: int | None = None
   dtype: Any = jnp.float32
+  dilated_conv: str = 'space_to_batch'  # how dilated 3x3 convs compute (models/dilated.py)
 
   def __post_init__(self):
+    dilated.check_form(self.dilated_conv, 'ResNet')
     # Bad options fail at construction rather than deep inside init.
     if self.stem not in STEMS:
       raise ValueError(f'ResNet stem={self.stem!r} is unknown; expected one of {STEMS}.')
@@ -262,7 +281,10 @@ class ResNet(nn.Module):
     unit_cls = BottleneckUnit if self.block == 'bottleneck' else BasicUnit
     features = {}
     for plan in self.plans():
-      x = unit_cls(plan, norm, self.dtype, name=f'stage{plan.stage}_unit{plan.index}')(x)
+      unit = unit_cls(
+        plan, norm, self.dtype, self.dilated_conv, name=f'stage{plan.stage}_unit{plan.index}'
+      )
+      x = unit(x)
       features[f'stage{plan.stage}'] = x
     if self.num_classes is not None:
       pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))  # [N,C]
