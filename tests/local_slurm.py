@@ -15,13 +15,13 @@ import socket
 import subprocess
 import time
 
-DAEMONS = ('munged', 'slurmctld', 'slurmd', 'sbatch', 'scontrol', 'scancel')
+PROGRAMS = ('munged', 'slurmctld', 'slurmd', 'sbatch', 'sinfo', 'scontrol', 'scancel')
 _START_TIMEOUT_S = 60
 
 
 def missing() -> str | None:
   """Why a local cluster cannot start here (a missing program, not root), or None."""
-  absent = [name for name in DAEMONS if shutil.which(name) is None]
+  absent = [name for name in PROGRAMS if shutil.which(name) is None]
   if absent:
     return f'{", ".join(absent)} not installed (apt-get install slurm-wlm munge; .ci/run does it)'
   if os.geteuid() != 0:
