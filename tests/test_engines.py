@@ -173,3 +173,20 @@ def test_open_mpi_mpirun_trains_like_one_process(tmp_path):
   for process in (0, 1):
     assert f'Process {process} of 2 joined the job at coordinator auto-detected; 1 of 2' in log
   assert _scores(tmp_path / 'two') == expected
+
+
+@pytest.mark.parametrize(
+  'args, fault',
+  [
+    (['--cpu', 'configs/synthetic.py'], 'CONFIG and WORKDIR are both required; got 1 argument'),
+    (['--config=configs/synthetic.py', '/tmp/run'], "got '--config=configs/synthetic.py'"),
+    (['configs/synthetic.py', '--cpu', '/tmp/run'], "got 'configs/synthetic.py' '--cpu'"),
+  ],
+)
+def test_sbatch_script_names_a_misplaced_or_missing_argument(args, fault):
+  """Caught before srun starts anything; needs no Slurm."""
+  done = subprocess.run(
+    ['bash', 'cluster/slurm.sbatch', *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+  )
+  assert done.returncode == 2, done
+  assert fault in done.stderr and 'usage: sbatch' in done.stderr, done.stderr
