@@ -107,7 +107,9 @@ def test_slurm_sbatch_trains_like_one_process_and_resumes_after_a_task_is_killed
       assert slurm.job(job)['JobState'] in ('PENDING', 'RUNNING'), _log(tmp_path / 'killed.out')
       assert time.monotonic() < deadline, 'no checkpoint in time'
       time.sleep(0.2)
+    # By its pid, as the OOM killer would: `scancel --signal=KILL` signals every task of a step.
     pids = slurm.task_pids(job)
+    assert 1 in pids, f'scontrol listpids found no task 1: {pids}'
     os.kill(pids[1], signal.SIGKILL)
     killed_at = time.monotonic()
     state = slurm.wait(job, HEARTBEAT_TIMEOUT_S + 60)
