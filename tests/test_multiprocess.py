@@ -13,7 +13,8 @@ One test, because its runs feed each other (the suite runs on 2 cores; every run
   network weights, with fresh AAF tables.
 
 And one device per process (the layout of a GPU cluster, issue 17), 2 and 3 processes against
-1 process x 1 device: the first steps' losses, and `--mode=eval` of one checkpoint.
+1 process x 1 device: the first steps' losses, `--mode=eval` of one checkpoint, and
+`--mode=predict` over 2 processes.
 """
 
 import json
@@ -208,3 +209,29 @@ def test_one_device_per_process_trains_and_evaluates_like_one_process(tmp_path):
     path = tmp_path / 'single' / 'eval-synthetic-validation.json'
     assert _scores(path) == reference, name
     os.remove(path)
+
+  # --mode=predict: 2 processes share 5 images (3 and 2) and write what one process writes.
+  from PIL import Image
+
+  rng = np.random.default_rng(0)
+  os.makedirs(tmp_path / 'photos')
+  for i, size in enumerate([(32, 32), (20, 27), (32, 32), (25, 32), (17, 9)]):
+    image = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / 'photos' / f'photo{i}.png')
+  for processes in (1, 2):
+    predicted = _one_device_job(
+      tmp_path,
+      f'predict-{processes}',
+      processes,
+      '--mode=predict',
+      f'--input={tmp_path / "photos"}',
+      f'--output={tmp_path / f"predicted-{processes}"}',
+      workdir=tmp_path / 'single',
+    )
+    predicted.wait_ok(TIMEOUT_S)
+  assert 'process 1 of 2: 2 of 5 images' in predicted.output(1), predicted.all_output()
+  for i in range(5):
+    one, two = (
+      np.asarray(Image.open(tmp_path / f'predicted-{n}' / f'photo{i}.png')) for n in (1, 2)
+    )
+    np.testing.assert_array_equal(two, one, err_msg=f'photo{i}')
