@@ -216,16 +216,6 @@ def main(argv):
         )
       _run_sweep(_CONFIG.value, _WORKDIR.value)
       return
-    if _MODE.value == 'predict':
-      if _job_requested():
-        raise errors.UserError(
-          '--mode=predict runs in one process, without the multi-process flags.'
-        )
-      from aaf_jax import predict  # after flag parsing: --help stays fast
-
-      if predict.run(_CONFIG.value, _WORKDIR.value, _INPUT.value, _OUTPUT.value):
-        _leave(1)  # the unreadable images were named above; the others are written
-      return
     from aaf_jax import distributed  # after flag parsing: --help stays fast
 
     distributed.initialize(
@@ -242,8 +232,16 @@ def main(argv):
 
       if _MODE.value == 'train':
         train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-      else:
+      elif _MODE.value == 'eval':
         train.evaluate_checkpoint(_CONFIG.value, _WORKDIR.value)
+      else:
+        from aaf_jax import predict
+
+        failed = predict.run(_CONFIG.value, _WORKDIR.value, _INPUT.value, _OUTPUT.value)
+        distributed.barrier('predict_done', timeout_s=distributed.FIRST_ON_PROCESS_0_TIMEOUT_S)
+        if failed:  # the unreadable images were named above; the others are written
+          distributed.shutdown()
+          _leave(1)
   except errors.UserError as e:
     _exit_on_user_error(str(e), sys.argv)
   except Exception:  # a bug: its traceback, then the same prompt exit

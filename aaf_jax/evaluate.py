@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec
 
 from aaf_jax import boundary, instance_iou, sharding
 
@@ -312,14 +313,64 @@ def make_eval_step(
   return eval_step
 
 
+def sum_over_devices(sums: dict, axis_name: str) -> dict:
+  """Each device's `sums` (int32 and float32 arrays) added up over `axis_name`, inside
+  `jax.shard_map`, with exactly one collective: one all-gather of every value, packed into a
+  single int32 vector (float32 values travel bit-cast), then the sum over devices on each device.
+
+  Why one: on the CPU, cross-process collectives go through gloo, which pairs the messages of
+  two processes only by their order. A step with several collectives that do not depend on each
+  other (the confusion matrix's outside a loop, boundary IoU's inside the loop over classes) may
+  run them in a different order on each process, as XLA's threads happen to schedule them; the
+  processes then exchange mismatched messages and abort ('Received data size doesn't match
+  expected size ... collective mismatch'). A single collective has a single order.
+  """
+  leaves, treedef = jax.tree.flatten(sums)
+  packed = []
+  for leaf in leaves:
+    if leaf.dtype == jnp.int32:
+      packed.append(leaf.reshape(-1))
+    elif leaf.dtype == jnp.float32:
+      packed.append(jax.lax.bitcast_convert_type(leaf, jnp.int32).reshape(-1))
+    else:
+      raise TypeError(f'sum_over_devices: {leaf.dtype} sums; expected int32 or float32.')
+  gathered = jax.lax.all_gather(jnp.concatenate(packed), axis_name)  # [devices, total size]
+  totals, start = [], 0
+  for leaf in leaves:
+    part = gathered[:, start : start + leaf.size]
+    start += leaf.size
+    if leaf.dtype == jnp.float32:
+      part = jax.lax.bitcast_convert_type(part, jnp.float32)
+    totals.append(part.sum(0, dtype=leaf.dtype).reshape(leaf.shape))
+  return jax.tree.unflatten(treedef, totals)
+
+
 def jit_eval_step(model, num_classes: int, mesh, variables_sharding, **options) -> EvalStep:
   """The jitted eval step over the mesh; `options` are make_eval_step's (config.eval).
 
+  Each device runs `make_eval_step` on its share of the batch (`jax.shard_map`, with the
+  variables replicated), and the sums are added up over devices by `sum_over_devices`, the
+  step's only collective, so every process runs the same collectives in the same order.
   Sliding-window inference compiles once and runs each image at its own size inside the padded
   canvas; whole-image inference compiles once per distinct image size (see `run_evaluation`).
   """
+  local_step = make_eval_step(model, num_classes, **options)
+
+  def step(variables, batch):
+    sums, preds = local_step(variables, batch)
+    return sum_over_devices(sums, sharding.DATA_AXIS), preds
+
+  data = PartitionSpec(sharding.DATA_AXIS)
+  # The sums are replicated: every device adds up the same gathered values. JAX cannot infer
+  # that through an all-gather, hence check_vma=False.
   step = jax.jit(
-    make_eval_step(model, num_classes, **options),
+    jax.shard_map(
+      step,
+      mesh=mesh,
+      in_specs=(PartitionSpec(), data),
+      out_specs=(PartitionSpec(), data),
+      check_vma=False,
+    ),
     in_shardings=(variables_sharding, sharding.batch_sharding(mesh)),
     out_shardings=(sharding.replicated(mesh), sharding.batch_sharding(mesh)),
   )

@@ -8,7 +8,7 @@ writes, under `--output`:
   labelIds/NAME.png  for Cityscapes models only: the prediction in Cityscapes labelIds, the
                      format the benchmark server takes (zip the labelIds folder to submit).
 Inference is `config.eval` (windows, scales, flip) on each image at its own size, one image at
-a time. An image that cannot be read gets an error line naming it; the others are still
+a time; in a multi-process job each process segments every N-th image on its own device. An image that cannot be read gets an error line naming it; the others are still
 written, and the exit status says that something failed.
 """
 
@@ -139,6 +139,8 @@ def predict_folder(predictor, input_path: str, output_dir: str, label_ids=None) 
       'overwrite them; choose another folder.'
     )
   os.makedirs(output_dir, exist_ok=True)
+  total = len(files)
+  files = files[jax.process_index() :: jax.process_count()]  # this process's share
   failed = []
   for path in tqdm(files, desc='predict', unit='image', file=sys.stderr):
     try:
@@ -150,10 +152,14 @@ def predict_folder(predictor, input_path: str, output_dir: str, label_ids=None) 
     stem = os.path.splitext(os.path.basename(path))[0]
     write_prediction(output_dir, stem, image, predictor(image), label_ids)
   logging.info(
-    'Wrote the predictions of %d of %d images to %s',
+    'Wrote the predictions of %d of %d images to %s (process %d of %d: %d of %d images)',
     len(files) - len(failed),
     len(files),
     output_dir,
+    jax.process_index(),
+    jax.process_count(),
+    len(files),
+    total,
   )
   return failed
 
@@ -183,6 +189,10 @@ def restore_network(config, workdir: str):
     workdir, config, init, state_sharding, rng, len(class_names)
   )
   variables = {'params': network['params']['model'], 'batch_stats': network['batch_stats']}
+  # Each process segments its own images on its own device: the replicated network is copied
+  # there, so inference involves no other process.
+  device = jax.local_devices()[0]
+  variables = jax.tree.map(lambda x: jax.device_put(x.addressable_data(0), device), variables)
   return model, variables, class_names
 
 

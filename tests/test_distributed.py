@@ -4,13 +4,14 @@ Each test starts a small job of tests/loopback_probe.py (see tests/loopback.py f
 devices and timeouts); the end-to-end training runs are in test_multiprocess.py.
 """
 
+import json
 import os
 import subprocess
 import sys
 import time
 
 import pytest
-from launching import ROOT, launch_command
+from launching import ROOT, launch_command, xla_flags
 from loopback import HEARTBEAT_TIMEOUT_S, Job
 
 from aaf_jax import distributed
@@ -179,3 +180,75 @@ def test_a_collective_that_lost_its_peer_waits_for_the_watchdog_to_name_it(
   else:
     assert watchdog.checks == 0 and 'watchdog ended' not in events, events
   assert distributed._state.exit_status == 1
+
+
+# Compiles the tiny config's train step and eval steps over 2 CPU devices and prints, per step,
+# {computation: number of cross-device collectives in it} of the compiled program.
+_COLLECTIVE_SITES = """
+import json, re, jax, jax.numpy as jnp
+from tiny import tiny_config
+from aaf_jax import evaluate, models, optim, sharding
+from aaf_jax.step import init_state_fn, make_train_step
+
+COLLECTIVE = re.compile(r'= .*\\b(all-reduce|all-gather|collective-permute|all-to-all|reduce-scatter)(-start)?\\(')
+
+def sites(text):
+  found, computation = {}, None
+  for line in text.splitlines():
+    if line and not line.startswith(' ') and line.rstrip().endswith('{'):
+      computation = line.split('(')[0].split()[-1]
+    elif COLLECTIVE.search(line):
+      found[computation] = found.get(computation, 0) + 1
+  return found
+
+config = tiny_config('/unused', grad_accum_steps=2)
+mesh = sharding.make_mesh()
+assert mesh.devices.size == 2, mesh
+model = models.build_model(config.model, num_classes=7)
+tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+init = init_state_fn(model, tx, config, 7, 32)
+state = jax.eval_shape(init, jax.random.key(0))
+replicated = sharding.replicated(mesh)
+state_sharding = jax.tree.map(lambda _: replicated, state)
+train_step = jax.jit(
+  make_train_step(model, tx, config, 7),
+  in_shardings=(state_sharding, sharding.batch_sharding(mesh)),
+  out_shardings=(state_sharding, replicated, replicated),
+)
+crops = {'image': jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32),
+         'label': jax.ShapeDtypeStruct((4, 32, 32), jnp.int32)}
+print('train', json.dumps(sites(train_step.lower(state, crops).compile().as_text())))
+variables = {'params': state.params['model'], 'batch_stats': state.batch_stats}
+batch = {'image': jax.ShapeDtypeStruct((4, 32, 32, 3), jnp.float32),
+         'label': jax.ShapeDtypeStruct((4, 32, 32), jnp.int32),
+         'valid': jax.ShapeDtypeStruct((4,), jnp.bool_),
+         'size': jax.ShapeDtypeStruct((4, 2), jnp.int32)}
+for name, options in [('whole', {}), ('windows', dict(window=16, stride=8, flip=True))]:
+  step = evaluate.jit_eval_step(model, 7, mesh, replicated, **options).step
+  print(f'eval-{name}', json.dumps(sites(step.lower(variables, batch).compile().as_text())))
+"""
+
+
+def test_every_step_runs_its_collectives_in_one_order():
+  """Over gloo (CPU), two processes pair their collectives' messages only by order. A compiled
+  step whose collectives sit in independent places (one in a loop, one outside) may run them in
+  a different order on each process, and the job aborts with 'collective mismatch' (issue 17:
+  boundary IoU's loop against the confusion matrix, one device per process). Each step keeps
+  them in one computation, run in sequence: the eval step has exactly one."""
+  env = dict(
+    os.environ, XLA_FLAGS=xla_flags(2), PYTHONPATH=os.pathsep.join([ROOT, f'{ROOT}/tests'])
+  )
+  out = subprocess.run(
+    [sys.executable, '-c', _COLLECTIVE_SITES],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  found = dict(line.split(' ', 1) for line in out.stdout.strip().splitlines())
+  train = json.loads(found['train'])  # {computation: number of collectives}
+  assert len(train) == 1 and sum(train.values()) > 1, train
+  for name in ('eval-whole', 'eval-windows'):
+    assert list(json.loads(found[name]).values()) == [1], (name, found[name])

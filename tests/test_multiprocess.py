@@ -11,6 +11,10 @@ One test, because its runs feed each other (the suite runs on 2 cores; every run
   both restarted, the run ends exactly as `two` did;
 - initialised: 2 processes start from `one`'s checkpoint (config.init_checkpoint) and get its
   network weights, with fresh AAF tables.
+
+And one device per process (the layout of a GPU cluster, issue 17), 2 and 3 processes against
+1 process x 1 device: the first steps' losses, `--mode=eval` of one checkpoint, and
+`--mode=predict` over 2 processes.
 """
 
 import json
@@ -153,3 +157,81 @@ def test_two_processes_train_evaluate_resume_and_initialise_like_one(tmp_path):
     np.testing.assert_allclose(b, a, rtol=0, atol=1e-20, err_msg='initialised network weights')
   assert all(np.all(np.abs(t) < 1e-20) for t in jax.tree.leaves(started['aaf'])), 'AAF tables'
   assert any(np.any(np.abs(t) > 1e-6) for t in jax.tree.leaves(source['aaf']))
+
+
+# One device per process: a global batch of 6 splits over 1, 2 and 3 processes. 7 evaluation
+# images in batches of 6: the last batch holds one real image, so process 1 (of 2) and
+# processes 1 and 2 (of 3) have none in it.
+ONE_DEVICE_FLAGS = [
+  '--config.log_every_steps=1',
+  '--config.eval_batch_size=6',
+  *TINY_FLAGS,
+  '--config.data.synthetic.num_validation=7',
+]
+ONE_DEVICE_STEPS = 2
+
+
+def _one_device_job(tmp_path, name, processes, *flags, workdir=None):
+  command = launch_command(
+    synthetic_config(tmp_path / 'data', ONE_DEVICE_STEPS, batch=6),
+    f'--workdir={workdir or tmp_path / name}',
+    *ONE_DEVICE_FLAGS,
+    *flags,
+  )
+  return Job(
+    command, str(tmp_path / 'logs'), num_processes=processes, devices_per_process=1, name=name
+  )
+
+
+def test_one_device_per_process_trains_and_evaluates_like_one_process(tmp_path):
+  """2 and 3 processes with one CPU device each (the layout that aborted at its first
+  evaluation with a gloo 'collective mismatch'): they train and evaluate through an eval split
+  whose last batch has no real image on some processes, their first losses match one
+  process's, and `--mode=eval` of one process's checkpoint scores exactly what it scored."""
+  single = _one_device_job(tmp_path, 'single', 1)
+  single.wait_ok(TIMEOUT_S)
+  losses = _train_losses(tmp_path / 'single')
+  assert sorted(losses) == list(range(1, ONE_DEVICE_STEPS + 1)), losses
+  reference = _scores(tmp_path / 'single' / 'results.json')
+  for processes in (2, 3):
+    name = f'{processes}x1'
+    trained = _one_device_job(tmp_path, name, processes)
+    trained.wait_ok(TIMEOUT_S)
+    got = _train_losses(tmp_path / name)
+    assert sorted(got) == sorted(losses), (name, got)
+    np.testing.assert_allclose(
+      [got[s] for s in sorted(got)], [losses[s] for s in sorted(losses)], rtol=1e-5, err_msg=name
+    )
+    evaluation = _one_device_job(
+      tmp_path, f'eval-{name}', processes, '--mode=eval', workdir=tmp_path / 'single'
+    )
+    evaluation.wait_ok(TIMEOUT_S)
+    path = tmp_path / 'single' / 'eval-synthetic-validation.json'
+    assert _scores(path) == reference, name
+    os.remove(path)
+
+  # --mode=predict: 2 processes share 5 images (3 and 2) and write what one process writes.
+  from PIL import Image
+
+  rng = np.random.default_rng(0)
+  os.makedirs(tmp_path / 'photos')
+  for i, size in enumerate([(32, 32), (20, 27), (32, 32), (25, 32), (17, 9)]):
+    image = rng.integers(0, 256, size + (3,), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / 'photos' / f'photo{i}.png')
+  for processes in (1, 2):
+    predicted = _one_device_job(
+      tmp_path,
+      f'predict-{processes}',
+      processes,
+      '--mode=predict',
+      f'--input={tmp_path / "photos"}',
+      f'--output={tmp_path / f"predicted-{processes}"}',
+      workdir=tmp_path / 'single',
+    )
+    predicted.wait_ok(TIMEOUT_S)
+  assert 'process 1 of 2: 2 of 5 images' in predicted.output(1), predicted.all_output()
+  for i in range(5):
+    one, two = (
+      np.asarray(Image.open(tmp_path / f'predicted-{n}' / f'photo{i}.png')) for n in (1, 2)
+    )
+    np.testing.assert_array_equal(two, one, err_msg=f'photo{i}')

@@ -1,0 +1,194 @@
+"""The real cluster engines launching a multi-process job: Slurm (sbatch) and Open MPI (mpirun).
+
+Each test starts the engine itself on this machine, on loopback: a single-node Slurm cluster
+(munged, slurmctld, slurmd under tmp_path; tests/local_slurm.py), or `mpirun -np 2`. Both run
+two processes of one CPU device each, found by `launch.py --distributed` alone, and must train
+the tiny config to exactly the results of one process with two CPU devices (the same two-way
+split of every batch, so the same sums in the same order).
+
+They need root and Debian's slurm-wlm, munge and openmpi-bin. Without them the tests skip,
+saying what is missing; with AAF_REQUIRE_ENGINES=1 (set by .ci/run, which installs them) a
+missing engine fails instead, so CI cannot pass without running them.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import local_slurm
+import pytest
+from launching import ROOT, TINY_FLAGS, launch_command, synthetic_config, xla_flags
+from loopback import Job
+
+STEPS = 6
+TIMEOUT_S = 900  # per job; one takes about a minute on an idle 2-core machine
+HEARTBEAT_TIMEOUT_S = 10
+FLAGS = (
+  '--config.log_every_steps=2',
+  '--config.checkpoint_every_steps=2',
+  '--config.eval_every_steps=4',
+  *TINY_FLAGS,
+)
+NOT_SCORES = ('step', 'fingerprint', 'inference', 'field_size_weights')
+VENV_PYTHON = os.path.join(ROOT, '.venv', 'bin', 'python')  # what cluster/slurm.sbatch runs
+
+
+def _require(reason):
+  """Skips the test for `reason`, or fails it where CI demands the engines."""
+  if reason is None:
+    return
+  if os.environ.get('AAF_REQUIRE_ENGINES') == '1':
+    pytest.fail(f'AAF_REQUIRE_ENGINES=1 but {reason}')
+  pytest.skip(reason)
+
+
+def _scores(workdir) -> dict:
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  scores = {k: v for k, v in results.items() if k not in NOT_SCORES}
+  assert {'miou', 'pixel_acc', 'per_class_iou'} <= set(scores), workdir
+  return scores
+
+
+def _reference(tmp_path, data_dir) -> dict:
+  """The scores of the tiny run in one process with two CPU devices."""
+  workdir = tmp_path / 'one'
+  command = launch_command(synthetic_config(data_dir, STEPS), f'--workdir={workdir}', *FLAGS)
+  job = Job(command, str(tmp_path / 'logs'), num_processes=1, devices_per_process=2, name='one')
+  job.wait_ok(TIMEOUT_S)
+  return _scores(workdir)
+
+
+def _log(path) -> str:
+  with open(path, errors='replace') as f:
+    return f.read()
+
+
+def test_slurm_sbatch_trains_like_one_process_and_resumes_after_a_task_is_killed(tmp_path):
+  _require(local_slurm.missing())
+  _require(None if os.path.exists(VENV_PYTHON) else f'{VENV_PYTHON} missing (README set-up)')
+  data_dir = tmp_path / 'data'
+  expected = _reference(tmp_path, data_dir)
+
+  def sbatch(workdir, name):
+    return slurm.sbatch(
+      '--nodes=1',
+      '--ntasks-per-node=2',
+      '--gpus-per-node=0',
+      '--cpus-per-task=1',
+      f'--output={tmp_path / name}.out',
+      'cluster/slurm.sbatch',
+      '--cpu',
+      synthetic_config(data_dir, STEPS).removeprefix('--config='),
+      str(workdir),
+      *FLAGS,
+      f'--heartbeat_timeout={HEARTBEAT_TIMEOUT_S}',
+      '--initialization_timeout=300',
+      cwd=ROOT,
+    )
+
+  with local_slurm.LocalSlurm(tmp_path / 'slurm') as slurm:
+    job = sbatch(tmp_path / 'two', 'two')
+    state = slurm.wait(job, TIMEOUT_S)
+    log = _log(tmp_path / 'two.out')
+    assert state == ('COMPLETED', '0:0'), f'{state}\n{log[-20000:]}'
+    for process in (0, 1):
+      assert f'Process {process} of 2 joined the job at coordinator auto-detected; 1 of 2' in log
+    assert _scores(tmp_path / 'two') == expected
+
+    # One task killed once a checkpoint exists: srun stops the job at once, naming the task.
+    job = sbatch(tmp_path / 'killed', 'killed')
+    checkpoint = tmp_path / 'killed' / 'checkpoints' / '2'
+    deadline = time.monotonic() + TIMEOUT_S
+    while not checkpoint.exists():
+      assert slurm.job(job)['JobState'] in ('PENDING', 'RUNNING'), _log(tmp_path / 'killed.out')
+      assert time.monotonic() < deadline, 'no checkpoint in time'
+      time.sleep(0.2)
+    # By its pid, as the OOM killer would: `scancel --signal=KILL` signals every task of a step.
+    pids = slurm.task_pids(job)
+    assert 1 in pids, f'scontrol listpids found no task 1: {pids}'
+    os.kill(pids[1], signal.SIGKILL)
+    killed_at = time.monotonic()
+    state = slurm.wait(job, HEARTBEAT_TIMEOUT_S + 60)
+    took = time.monotonic() - killed_at
+    log = _log(tmp_path / 'killed.out')
+    assert state[0] == 'FAILED', f'{state}\n{log[-20000:]}'
+    assert took < HEARTBEAT_TIMEOUT_S + 30, f'the job took {took:.0f} s to end\n{log[-20000:]}'
+    assert 'task 1: Killed' in log, log[-20000:]
+    assert not (tmp_path / 'killed' / 'results.json').exists()
+
+    # The same command again resumes and ends as the uninterrupted run did.
+    job = sbatch(tmp_path / 'killed', 'resumed')
+    state = slurm.wait(job, TIMEOUT_S)
+    log = _log(tmp_path / 'resumed.out')
+    assert state == ('COMPLETED', '0:0'), f'{state}\n{log[-20000:]}'
+    assert 'Resumed from' in log, log[-20000:]
+    assert _scores(tmp_path / 'killed') == expected
+
+
+def _mpi_missing():
+  if shutil.which('mpirun') is None:
+    return 'mpirun not installed (apt-get install openmpi-bin; .ci/run does it)'
+  return None
+
+
+def test_open_mpi_mpirun_trains_like_one_process(tmp_path):
+  _require(_mpi_missing())
+  data_dir = tmp_path / 'data'
+  expected = _reference(tmp_path, data_dir)
+  env = {
+    **os.environ,
+    'XLA_FLAGS': xla_flags(1),
+    'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])),
+    # Open MPI refuses root unless told twice (CI runs as root).
+    'OMPI_ALLOW_RUN_AS_ROOT': '1',
+    'OMPI_ALLOW_RUN_AS_ROOT_CONFIRM': '1',
+  }
+  command = [
+    'mpirun',
+    '-np',
+    '2',
+    '--oversubscribe',  # 2 processes may exceed the cores Open MPI counts
+    '--bind-to',
+    'none',
+    '--mca',
+    'oob_tcp_if_include',
+    'lo',  # mpirun's own wiring, hence the coordinator address JAX derives, on loopback
+    *launch_command(
+      '--distributed',
+      synthetic_config(data_dir, STEPS),
+      f'--workdir={tmp_path / "two"}',
+      *FLAGS,
+      f'--heartbeat_timeout={HEARTBEAT_TIMEOUT_S}',
+      '--initialization_timeout=300',
+    ),
+  ]
+  with open(tmp_path / 'mpirun.log', 'w') as out:
+    done = subprocess.run(
+      command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, timeout=TIMEOUT_S
+    )
+  log = _log(tmp_path / 'mpirun.log')
+  assert done.returncode == 0, log[-20000:]
+  for process in (0, 1):
+    assert f'Process {process} of 2 joined the job at coordinator auto-detected; 1 of 2' in log
+  assert _scores(tmp_path / 'two') == expected
+
+
+@pytest.mark.parametrize(
+  'args, fault',
+  [
+    (['--cpu', 'configs/synthetic.py'], 'CONFIG and WORKDIR are both required; got 1 argument'),
+    (['--config=configs/synthetic.py', '/tmp/run'], "got '--config=configs/synthetic.py'"),
+    (['configs/synthetic.py', '--cpu', '/tmp/run'], "got 'configs/synthetic.py' '--cpu'"),
+  ],
+)
+def test_sbatch_script_names_a_misplaced_or_missing_argument(args, fault):
+  """Caught before srun starts anything; needs no Slurm."""
+  done = subprocess.run(
+    ['bash', 'cluster/slurm.sbatch', *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+  )
+  assert done.returncode == 2, done
+  assert fault in done.stderr and 'usage: sbatch' in done.stderr, done.stderr
