@@ -79,7 +79,7 @@ if ((smoke)); then
     --peak_tflops="${peak}" \
     --profile_dir="${TMPDIR:-/tmp}/aaf_jax_profile"
 else
-  part 'AAF loss, forward + backward' 100 benchmarks/affinity_loss.py --repeats 20 \
+  part 'AAF loss, forward + backward' 150 benchmarks/affinity_loss.py --repeats 20 \
     --shapes 8,42,42,21 8,90,90,19 8,256,256,19
   part 'Dilated 3x3 conv, forward + backward' 60 benchmarks/dilated_conv.py --dtype=bfloat16 \
     --repeats 20

@@ -1,14 +1,15 @@
 """Train-step figures for a GPU lease: ce against aaf, each dilated-conv form, MFU, memory, profile.
 
-One process, planned for a short device lease (a ResNet-101 step compiles in about a minute on
-an H200):
+One process, planned for a short device lease (a ResNet-101 step took minutes to trace and
+compile on an H200: the first lease of 2026-12-04 ran out before any step was measured):
 - the state is filled on the host from `jax.eval_shape(init)` (random values: the step's time
   does not depend on them), so no init program is compiled;
-- every (loss kind, conv form) step of one crop is traced in turn, then all are compiled at once
-  in threads;
+- each (loss kind, conv form, loss implementation) variant is traced, compiled, timed and
+  printed before the next one starts, with the seconds each stage took, so whatever a time
+  limit cuts off, every row before it is kept; variants run in the order given (put the
+  important ones first);
 - at the first crop every form in `--forms` runs; later crops run only the form measured faster;
-- each table row is printed (and flushed) the moment it is measured;
-- `--profile_dir` traces 3 steps of the last kind at the first crop with the faster form and
+- `--profile_dir` traces 3 steps of the fastest variant of the last kind at the first crop and
   prints kernel time by part of the step (network forward and backward, cross-entropy, affinity
   loss, optimizer; the parts are `jax.named_scope`s in aaf_jax/step.py) and the top kernels.
 
@@ -20,7 +21,6 @@ FLOPs come from the step's jaxpr (benchmarks/train_step.py's count_flops). Needs
 
 import argparse
 import collections
-import concurrent.futures
 import glob
 import platform
 import re
@@ -82,61 +82,39 @@ def variants(kinds, forms, implementations):
   ]
 
 
-def prepare(args, wanted, crop):
-  """Trace every variant's step, then compile them all at once in threads.
-
-  A variant that fails to trace or compile (a kernel the backend refuses) is reported and
-  left out; the others go on.
-  """
-  batch = random_batch(args.batch, crop, args.classes)
-  runs = {}
-  for variant in wanted:
-    try:
-      state, train_step = build(args, variant, crop)
-      traced = jax.jit(train_step, donate_argnums=0).trace(state, batch)
-      runs[variant] = dict(
-        state=state, flops=count_flops(traced.jaxpr.jaxpr), lowered=traced.lower(), times=[]
-      )
-    except Exception as error:  # reported, and the other variants go on
-      print(f'{"/".join(variant)} at crop {crop}: not lowered: {_first_line(error)}', flush=True)
-  start = time.perf_counter()
-
-  def compile_run(variant):
+def measure(args, variant, crop, batch):
+  """Trace, compile and time one variant; None (reported) if it fails to lower or compile."""
+  label = '/'.join(variant)
+  stages, t0 = [], time.perf_counter()
+  try:
+    state, train_step = build(args, variant, crop)
+    traced = jax.jit(train_step, donate_argnums=0).trace(state, batch)
+    flops = count_flops(traced.jaxpr.jaxpr)
+    lowered = traced.lower()
+    stages.append(f'traced and lowered in {time.perf_counter() - t0:.0f} s')
     t0 = time.perf_counter()
-    try:
-      runs[variant]['compiled'] = runs[variant]['lowered'].compile()
-    except Exception as error:
-      print(f'{"/".join(variant)} at crop {crop}: not compiled: {_first_line(error)}', flush=True)
-    runs[variant]['compile_s'] = time.perf_counter() - t0
-
-  with concurrent.futures.ThreadPoolExecutor(max(len(runs), 1)) as pool:
-    list(pool.map(compile_run, list(runs)))
-  each = ', '.join(f'{run["compile_s"]:.0f} s' for run in runs.values())
-  print(
-    f'# compiled {len(runs)} steps at crop {crop} in {time.perf_counter() - start:.1f} s '
-    f'(each: {each})',
-    flush=True,
-  )
-  return {v: run for v, run in runs.items() if 'compiled' in run}, batch
+    compiled = lowered.compile()
+    stages.append(f'compiled in {time.perf_counter() - t0:.0f} s')
+  except Exception as error:  # reported, and the other variants go on
+    print(f'# {label} at crop {crop}: {"; ".join(stages)}; failed: {_first_line(error)}')
+    return None
+  run = dict(state=state, compiled=compiled, flops=flops, times=[])
+  for _ in range(2):  # two warm-up steps: the second may still settle placements
+    run['state'], _, _ = compiled(run['state'], batch)
+  jax.block_until_ready(run['state'])
+  for _ in range(args.rounds):
+    start = time.perf_counter()
+    for _ in range(args.steps):
+      run['state'], _, _ = compiled(run['state'], batch)
+    jax.block_until_ready(run['state'])
+    run['times'].append((time.perf_counter() - start) / args.steps)
+  print(f'# {label} at crop {crop}: {"; ".join(stages)}', flush=True)
+  return run
 
 
 def _first_line(error):
   text = f'{type(error).__name__}: {error}'.strip()
   return text.splitlines()[0][:300]
-
-
-def time_runs(runs, batch, steps, rounds):
-  for run in runs.values():  # two warm-up steps: the second may still settle placements
-    for _ in range(2):
-      run['state'], _, _ = run['compiled'](run['state'], batch)
-    jax.block_until_ready(run['state'])
-  for _ in range(rounds):  # alternate so machine noise hits every run alike
-    for run in runs.values():
-      start = time.perf_counter()
-      for _ in range(steps):
-        run['state'], _, _ = run['compiled'](run['state'], batch)
-      jax.block_until_ready(run['state'])
-      run['times'].append((time.perf_counter() - start) / steps)
 
 
 def memory_gib(compiled):
@@ -148,25 +126,29 @@ def memory_gib(compiled):
   return (total + m.temp_size_in_bytes) / 2**30
 
 
-def print_table(runs, args, crop):
+def print_header(args, crop):
   print(f'\n### crop {crop}, batch {args.batch}, {args.classes} classes, {args.dtype}')
   print(
     '| loss | dilated conv | loss impl. | step ms | images/s | GFLOPs/image | TFLOP/s | MFU | '
     'vs ce | program GiB |'
   )
-  print('|---|---|---|---|---|---|---|---|---|---|')
-  ce_times = {form: run['times'] for (kind, form, _), run in runs.items() if kind == 'ce'}
-  for (kind, form, impl), run in runs.items():
-    t = statistics.median(run['times'])
-    base = statistics.median(ce_times[form]) if form in ce_times else float('nan')
-    achieved = run['flops'] / t / 1e12
-    mfu = f'{achieved / args.peak_tflops:.3f}' if args.peak_tflops else '-'
-    print(
-      f'| {kind} | {form or "(config default)"} | {"-" if kind == "ce" else impl} | '
-      f'{1e3 * t:.2f} | {args.batch / t:.1f} | {run["flops"] / args.batch / 1e9:.1f} | '
-      f'{achieved:.1f} | {mfu} | {t / base:.3f} | {memory_gib(run["compiled"]):.2f} |',
-      flush=True,
-    )
+  print('|---|---|---|---|---|---|---|---|---|---|', flush=True)
+
+
+def print_row(args, variant, run, runs):
+  """One row; 'vs ce' against the ce variant of the same form measured before it, if any."""
+  kind, form, impl = variant
+  t = statistics.median(run['times'])
+  ce = [r['times'] for (k, f, _), r in runs.items() if k == 'ce' and f == form]
+  base = statistics.median(ce[0]) if ce else float('nan')
+  achieved = run['flops'] / t / 1e12
+  mfu = f'{achieved / args.peak_tflops:.3f}' if args.peak_tflops else '-'
+  print(
+    f'| {kind} | {form or "(config default)"} | {"-" if kind == "ce" else impl} | '
+    f'{1e3 * t:.2f} | {args.batch / t:.1f} | {run["flops"] / args.batch / 1e9:.1f} | '
+    f'{achieved:.1f} | {mfu} | {t / base:.3f} | {memory_gib(run["compiled"]):.2f} |',
+    flush=True,
+  )
 
 
 def faster_form(runs, forms):
@@ -324,17 +306,20 @@ def main():
   )
   forms = list(args.forms)
   for index, crop in enumerate(args.crops):
-    runs, batch = prepare(args, variants(args.kinds, forms, args.implementations), crop)
-    if not runs:
-      continue
-    time_runs(runs, batch, args.steps, args.rounds)
-    print_table(runs, args, crop)
-    if index == 0:
+    batch = random_batch(args.batch, crop, args.classes)
+    print_header(args, crop)
+    runs = {}
+    for variant in variants(args.kinds, forms, args.implementations):
+      run = measure(args, variant, crop, batch)
+      if run is not None:
+        runs[variant] = run
+        print_row(args, variant, run, runs)
+    if index == 0 and runs:
       forms = [faster_form(runs, forms)]
       if len(args.forms) > 1:
         print(f'\nfaster dilated-conv form at crop {crop}: {forms[0]}', flush=True)
-      if args.profile_dir:  # the fastest variant of the last kind, with the faster form
-        last = [v for v in runs if v[0] == args.kinds[-1] and v[1] == forms[0]]
+      last = [v for v in runs if v[0] == args.kinds[-1] and v[1] == forms[0]]
+      if args.profile_dir and last:  # the fastest variant of the last kind, faster form
         fastest = min(last, key=lambda v: statistics.median(runs[v]['times']))
         print(f'\nprofiled: {"/".join(fastest)} at crop {crop}', flush=True)
         profile(runs[fastest], batch, args.profile_dir)
