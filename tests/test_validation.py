@@ -171,7 +171,19 @@ def test_loading_configs_imports_no_jax():
   assert out.returncode == 0, out.stderr
 
 
-def test_launch_rejects_a_bad_value_before_building_anything(tmp_path):
+@pytest.mark.parametrize(
+  'override, message',
+  [
+    ('--config.loss.margin=-2.0', 'config.loss.margin=-2.0: expected a number > 0'),
+    # A float arrives as a float (an int-typed field would have refused any float before
+    # validation) and is refused by name.
+    (
+      '--config.eval.boundary_width=1.5',
+      'config.eval.boundary_width=1.5: expected an integer >= 1 (pixels) or a float',
+    ),
+  ],
+)
+def test_launch_rejects_a_bad_value_before_building_anything(tmp_path, override, message):
   out = subprocess.run(
     [
       sys.executable,
@@ -179,7 +191,7 @@ def test_launch_rejects_a_bad_value_before_building_anything(tmp_path):
       f'--config={os.path.join(ROOT, "configs", "synthetic.py")}',
       f'--workdir={tmp_path / "run"}',
       f'--config.data.data_dir={tmp_path / "tfds"}',
-      '--config.loss.margin=-2.0',
+      override,
     ],
     cwd=ROOT,
     capture_output=True,
@@ -187,7 +199,7 @@ def test_launch_rejects_a_bad_value_before_building_anything(tmp_path):
     timeout=300,
   )
   assert out.returncode != 0
-  assert 'config.loss.margin=-2.0: expected a number > 0' in out.stderr
+  assert message in out.stderr
   assert not (tmp_path / 'tfds').exists() and not (tmp_path / 'run').exists()
 
 
@@ -198,30 +210,6 @@ def test_boundary_width_takes_pixels_or_a_fraction_of_the_diagonal():
   validation.validate(config)
   config.eval.boundary_width = 5
   validation.validate(config)
-
-
-def test_launch_parses_a_fractional_boundary_width(tmp_path):
-  """--config.eval.boundary_width=1.5 arrives as a float and is refused by name (an int-typed
-  field would have refused any float before validation)."""
-  out = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(ROOT, 'launch.py'),
-      f'--config={os.path.join(ROOT, "configs", "synthetic.py")}',
-      f'--workdir={tmp_path / "run"}',
-      f'--config.data.data_dir={tmp_path / "tfds"}',
-      '--config.eval.boundary_width=1.5',
-    ],
-    cwd=ROOT,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert out.returncode != 0
-  assert (
-    'config.eval.boundary_width=1.5: expected an integer >= 1 (pixels) or a float' in out.stderr
-  )
-  assert not (tmp_path / 'tfds').exists() and not (tmp_path / 'run').exists()
 
 
 def test_the_loss_implementation_may_change_on_resume():
