@@ -5,8 +5,8 @@ compile on an H200: the first lease of 2026-12-04 ran out before any step was me
 - the state is filled on the host from `jax.eval_shape(init)` (random values: the step's time
   does not depend on them), so no init program is compiled;
 - each (loss kind, conv form, loss implementation) variant is traced, compiled, timed and
-  printed before the next one starts, with the seconds each stage took, so whatever a time
-  limit cuts off, every row before it is kept; variants run in the order given (put the
+  printed before the next one starts, its row giving the seconds tracing and compiling took,
+  so whatever a time limit cuts off, every row before it is kept; variants run in the order given (put the
   important ones first);
 - at the first crop every form in `--forms` runs; later crops run only the form measured faster;
 - `--profile_dir` traces 3 steps of the fastest variant of the last kind at the first crop and
@@ -91,12 +91,13 @@ def measure(args, variant, crop, batch):
     traced = jax.jit(train_step, donate_argnums=0).trace(state, batch)
     flops = count_flops(traced.jaxpr.jaxpr)
     lowered = traced.lower()
-    stages.append(f'traced and lowered in {time.perf_counter() - t0:.0f} s')
+    stages.append(f'{time.perf_counter() - t0:.0f}')
     t0 = time.perf_counter()
     compiled = lowered.compile()
-    stages.append(f'compiled in {time.perf_counter() - t0:.0f} s')
+    stages.append(f'{time.perf_counter() - t0:.0f}')
   except Exception as error:  # reported, and the other variants go on
-    print(f'# {label} at crop {crop}: {"; ".join(stages)}; failed: {_first_line(error)}')
+    done = f' (trace + lower {stages[0]} s)' if stages else ''
+    print(f'| {label}: failed{done}: {_first_line(error)} |', flush=True)
     return None
   run = dict(state=state, compiled=compiled, flops=flops, times=[])
   for _ in range(2):  # two warm-up steps: the second may still settle placements
@@ -108,7 +109,7 @@ def measure(args, variant, crop, batch):
       run['state'], _, _ = compiled(run['state'], batch)
     jax.block_until_ready(run['state'])
     run['times'].append((time.perf_counter() - start) / args.steps)
-  print(f'# {label} at crop {crop}: {"; ".join(stages)}', flush=True)
+  run['stages'] = ', '.join(stages)
   return run
 
 
@@ -130,9 +131,9 @@ def print_header(args, crop):
   print(f'\n### crop {crop}, batch {args.batch}, {args.classes} classes, {args.dtype}')
   print(
     '| loss | dilated conv | loss impl. | step ms | images/s | GFLOPs/image | TFLOP/s | MFU | '
-    'vs ce | program GiB |'
+    'vs ce | program GiB | trace, compile s |'
   )
-  print('|---|---|---|---|---|---|---|---|---|---|', flush=True)
+  print('|---|---|---|---|---|---|---|---|---|---|---|', flush=True)
 
 
 def print_row(args, variant, run, runs):
@@ -146,7 +147,8 @@ def print_row(args, variant, run, runs):
   print(
     f'| {kind} | {form or "(config default)"} | {"-" if kind == "ce" else impl} | '
     f'{1e3 * t:.2f} | {args.batch / t:.1f} | {run["flops"] / args.batch / 1e9:.1f} | '
-    f'{achieved:.1f} | {mfu} | {t / base:.3f} | {memory_gib(run["compiled"]):.2f} |',
+    f'{achieved:.1f} | {mfu} | {t / base:.3f} | {memory_gib(run["compiled"]):.2f} | '
+    f'{run["stages"]} |',
     flush=True,
   )
 
