@@ -157,6 +157,7 @@ SCHEMA = {
       'noise_std': number(0, 100),
       'void_prob': number(0, 1),
       'thin_width': number(1, 8),
+      'layout': choice(('shapes', 'multiscale')),
     },
   },
   'log_every_steps': integer(1),

@@ -111,6 +111,7 @@ def base_config(
           noise_std=12.0,
           void_prob=0.5,
           thin_width=3.0,  # px: the widest a ring, bar or star stroke gets
+          layout='shapes',  # or 'multiscale': each class at its own scale (configs/synthetic.py)
         )
       ),
     )

@@ -201,3 +201,94 @@ def test_a_job_waits_for_another_preparing_the_same_data_and_then_reuses_it(tmp_
   assert waiting.returncode == 0, log
   assert out.strip() == f'examples {SMALL["num_train"]}'
   assert 'Preparing' not in log and 'Generating' not in log, log
+
+
+def _digest(arrays) -> str:
+  import hashlib
+
+  h = hashlib.sha1()
+  for a in arrays:
+    h.update(np.ascontiguousarray(a).tobytes())
+  return h.hexdigest()
+
+
+def test_shapes_layout_is_the_data_it_was_before_layouts():
+  """The main job's data and folder name are those of version 2.0.0, before `layout` existed
+  (digests taken at d073a80): a change to the default draws would change every result."""
+  assert synthetic.DEFAULT_CONFIG.name == 'size112_train2000_val200_seed0_6263bf05'
+  main_job = options(image_size=64, max_objects=4, noise_std=8.0, thin_width=5.0)
+  pairs = [synthetic.draw_example(main_job, 'train', i) for i in range(3)]
+  assert _digest(a for pair in pairs for a in pair) == '3db4db10209b8b915081c7125ebe51d693a72e09'
+
+
+@pytest.fixture(scope='module')
+def multiscale():
+  """60 multiscale examples at 64 px: (images [N,H,W,3], labels [N,H,W])."""
+  given = options(layout='multiscale', image_size=64, max_objects=5, thin_width=5.0)
+  pairs = [synthetic.draw_example(given, 'train', i) for i in range(60)]
+  return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+
+def _object_sizes(labels, cls):
+  """Per image holding `cls`, the side of the square of its area (px)."""
+  return [np.sqrt((label == cls).sum()) for label in labels if (label == cls).any()]
+
+
+def test_multiscale_draws_each_class_at_its_own_scale(multiscale):
+  images, labels = multiscale
+  assert set(np.unique(labels).tolist()) == set(range(len(synthetic.CLASS_NAMES))) | {255}
+  large = [np.median(_object_sizes(labels, c)) for c in (1, 2)]  # disc, box
+  medium = np.median(_object_sizes(labels, 3))  # triangle
+  assert min(large) > 2 * medium, (large, medium)
+  # Strokes of 3-5 px: next to nothing survives a 3-step erosion (a star's hub, where its spokes
+  # meet, a little); the large solids keep most of their area.
+  for name, most in (('ring', 0.02), ('bar', 0.02), ('star', 0.15)):
+    mask = labels == synthetic.CLASS_NAMES.index(name)
+    kept = np.stack([synthetic._binary_shift_op(m, 3, np.logical_and) for m in mask]).sum()
+    assert kept / mask.sum() < most, name
+  for cls in (1, 2):
+    mask = labels == cls
+    kept = np.stack([synthetic._binary_shift_op(m, 3, np.logical_and) for m in mask]).sum()
+    assert kept / mask.sum() > 0.5, synthetic.CLASS_NAMES[cls]
+  # The 4x scale span: a large object's extent against the widest stroke (5 px).
+  assert min(large) > 4 * 5
+  # Textured surfaces: inside the large objects, neighbouring pixels 2 px apart differ by more
+  # than the noise alone would make them (high-contrast blotches, not flat paint).
+  inside = np.stack([synthetic._binary_shift_op(m, 3, np.logical_and) for m in labels == 1])
+  step = np.abs(images[:, :, 2:].astype(int) - images[:, :, :-2].astype(int)).sum(-1)
+  assert np.mean(step[inside[:, :, 2:] & inside[:, :, :-2]] > 150) > 0.03
+
+
+def test_multiscale_draws_smaller_objects_over_larger_ones(multiscale):
+  """Large objects are drawn first: a thin stroke is never cut by a disc or box drawn later."""
+  _, labels = multiscale
+  thin = np.isin(labels, [4, 5, 6])
+  large = np.isin(labels, [1, 2])
+  touching = np.stack([synthetic._binary_shift_op(m, 1, np.logical_or) for m in large]) & thin
+  assert touching.sum() > 0  # strokes lie on and against large objects
+
+
+def test_layout_has_its_own_config_name_and_is_checked():
+  shapes = synthetic.make_config(SMALL)
+  explicit = synthetic.make_config({**SMALL, 'layout': 'shapes'})
+  multi = synthetic.make_config({**SMALL, 'layout': 'multiscale'})
+  assert explicit.name == shapes.name
+  assert multi.name.startswith('multiscale_size48_') and multi.name != shapes.name
+  a = synthetic.draw_example(options(**SMALL), 'train', 0)[1]
+  b = synthetic.draw_example(options(**SMALL, layout='multiscale'), 'train', 0)[1]
+  assert not np.array_equal(a, b)
+  with pytest.raises(ValueError, match=r"config.data.synthetic.layout='wide': expected one of"):
+    synthetic.make_config({'layout': 'wide'})
+
+
+def test_get_builder_passes_the_layout_down_to_the_prepared_data(tmp_path):
+  """config.data.synthetic.layout reaches the builder: its folder and its examples."""
+  shapes = data.get_builder(make_cfg(tmp_path, **SMALL))
+  multi = data.get_builder(make_cfg(tmp_path, **SMALL, layout='multiscale'))
+  assert multi.builder_config.layout == 'multiscale' and '/multiscale_size48_' in multi.data_dir
+  assert multi.data_dir != shapes.data_dir
+  source = multi.as_data_source('train')
+  for example in (source[i] for i in range(len(source))):
+    index = int(example['name'].decode().rpartition('_')[2])
+    expected = synthetic.draw_example(options(**SMALL, layout='multiscale'), 'train', index)[1]
+    np.testing.assert_array_equal(np.asarray(example['label'])[..., 0], expected)

@@ -76,6 +76,11 @@ def _paths(tree, prefix=''):
     ('data.eval_size', 'big', r"config.data.eval_size='big'"),
     ('data.mean', (1.0, 2.0), r'config.data.mean'),
     ('data.synthetic.void_prob', 1.5, r'config.data.synthetic.void_prob=1.5'),
+    (
+      'data.synthetic.layout',
+      'wide',
+      r"config.data.synthetic.layout='wide': expected one of \('shapes', 'multiscale'\)",
+    ),
     ('batch_size', 0, r'config.batch_size=0: expected an integer >= 1'),
     ('num_train_steps', 2.5, r'config.num_train_steps=2.5'),
     ('seed', True, r'config.seed=True'),
@@ -147,6 +152,15 @@ def test_presets_match_the_network_classes():
     assert set(validation.model_schema(name)) == {'name', *options, *presets.TRAINER_FIELDS}
   assert presets.BACKBONES == tuple(resnet.BACKBONES)
   assert presets.LAYOUTS == resnet.LAYOUTS and presets.STEMS == resnet.STEMS
+
+
+def test_synthetic_layouts_are_spelt_as_the_dataset_spells_them():
+  from aaf_jax.data import synthetic as synthetic_data
+
+  field = validation.SCHEMA['data']['synthetic']['layout']
+  assert [v for v in ('shapes', 'multiscale', 'wide') if field.accepts(v)] == list(
+    synthetic_data.LAYOUTS
+  )
 
 
 def test_loss_kinds_are_defined_once():

@@ -7,6 +7,13 @@ that is where per-pixel cross-entropy tends to blur boundaries and a pairwise lo
 Objects overlap and touch; some solid objects get a VOC-like void band (label 255) along their
 visible boundary.
 
+Two layouts (`layout`): 'shapes', the main job's, where every class is drawn at one range of
+sizes; and 'multiscale', built so that the best fixed affinity field size should differ by class:
+each class has its own scale, large solid discs and boxes (about 30-45 px across at 64 px) next to
+medium triangles and 3-5 px strokes (a 6x span and more); the large objects' interiors painted
+with hard-edged blotches 3-10 px across (a short field sees texture, not the object), every other
+surface as in 'shapes'; large objects drawn first so that smaller ones lie on and against them.
+
 Every example is a pure function of (options, split, index), so generation is order-free and
 repeatable: the same options give byte-identical data.
 """
@@ -24,6 +31,18 @@ CLASS_NAMES = ('background', 'disc', 'box', 'triangle', 'ring', 'bar', 'star')
 IGNORE_LABEL = 255
 _SOLID = (1, 2, 3)  # disc, box, triangle: the classes that may get a void band
 _SPLIT_CODES = {'train': 0, 'validation': 1}
+LAYOUTS = ('shapes', 'multiscale')
+# layout 'multiscale': each class's radius as a fraction of the image side (strokes keep
+# thin_width), and the order of drawing (larger first).
+_LARGE = (1, 2)  # disc, box: the large, textured classes of layout 'multiscale'
+_MULTISCALE_RADIUS = {
+  1: (0.24, 0.36),
+  2: (0.24, 0.36),
+  3: (0.1, 0.16),
+  4: (0.1, 0.2),
+  5: (0.08, 0.14),
+  6: (0.1, 0.18),
+}
 
 
 @dataclasses.dataclass(eq=False)
@@ -38,6 +57,7 @@ class SyntheticShapesConfig(tfds.core.BuilderConfig):
   noise_std: float = 12.0
   void_prob: float = 0.5
   thin_width: float = 3.0  # px: the widest a ring, bar or star spoke gets (each draws 60-100%)
+  layout: str = 'shapes'  # or 'multiscale' (see the module docstring)
 
 
 OPTION_DEFAULTS = {
@@ -48,9 +68,13 @@ OPTION_DEFAULTS = {
 
 
 def _config_name(options: dict) -> str:
-  digest = hashlib.sha1(json.dumps(options, sort_keys=True).encode()).hexdigest()[:8]
+  hashed = dict(options)
+  if hashed['layout'] == 'shapes':  # the names (and folders) from before layouts existed
+    del hashed['layout']
+  digest = hashlib.sha1(json.dumps(hashed, sort_keys=True).encode()).hexdigest()[:8]
+  prefix = '' if options['layout'] == 'shapes' else f'{options["layout"]}_'
   return (
-    f'size{options["image_size"]}_train{options["num_train"]}'
+    f'{prefix}size{options["image_size"]}_train{options["num_train"]}'
     f'_val{options["num_validation"]}_seed{options["seed"]}_{digest}'
   )
 
@@ -70,6 +94,10 @@ def _validate(options: dict) -> None:
     raise ValueError(
       f'config.data.synthetic.thin_width={options["thin_width"]!r}: expected a width in px in '
       '[1, 8]'
+    )
+  if options['layout'] not in LAYOUTS:
+    raise ValueError(
+      f'config.data.synthetic.layout={options["layout"]!r}: expected one of {", ".join(LAYOUTS)}'
     )
   if not 0 <= options['void_prob'] <= 1:
     raise ValueError(
@@ -132,16 +160,33 @@ def _texture(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.nda
   return (field - field.min()) / max(np.ptp(field), 1e-6)
 
 
-def _paint(rng: np.random.Generator, yy, xx, avoid_colour=None) -> np.ndarray:
-  """A [H,W,3] float painting: two random colours blended by a random texture."""
+def _blotches(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
+  """A [H,W] field in {0,1}: smooth noise thresholded into blotches 3-10 px across."""
+  field = np.zeros_like(yy)
+  for _ in range(4):
+    fy, fx = rng.uniform(-1, 1, size=2) * 2 * np.pi / rng.uniform(6, 20)
+    field += np.sin(fy * yy + fx * xx + rng.uniform(0, 2 * np.pi))
+  return (field > np.median(field)).astype(yy.dtype)
+
+
+def _paint(rng: np.random.Generator, yy, xx, avoid_colour=None, contrast=False) -> np.ndarray:
+  """A [H,W,3] float painting: two random colours blended by a random texture.
+
+  contrast: the second colour 40-90 away in each channel, blended by hard-edged blotches (the
+  'multiscale' layout's textured surfaces).
+  """
   colour_a = rng.uniform(0, 255, size=3)
   if avoid_colour is not None:  # keep objects visible against the background's main colour
     for _ in range(8):
       if np.linalg.norm(colour_a - avoid_colour) > 80:
         break
       colour_a = rng.uniform(0, 255, size=3)
-  colour_b = np.clip(colour_a + rng.normal(0, 50, size=3), 0, 255)
-  t = _texture(rng, yy, xx)[..., None]
+  if contrast:
+    colour_b = np.clip(colour_a + rng.choice([-1, 1], size=3) * rng.uniform(40, 90, size=3), 0, 255)
+    t = _blotches(rng, yy, xx)[..., None]
+  else:
+    colour_b = np.clip(colour_a + rng.normal(0, 50, size=3), 0, 255)
+    t = _texture(rng, yy, xx)[..., None]
   return colour_a * (1 - t) + colour_b * t
 
 
@@ -191,6 +236,7 @@ def draw_example(
   rng = np.random.default_rng([options['seed'], _SPLIT_CODES[split], index])
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
   side = min(height, width)
+  multiscale = options.get('layout', 'shapes') == 'multiscale'
 
   background = _paint(rng, yy, xx)
   background_colour = background.mean(axis=(0, 1))
@@ -199,10 +245,17 @@ def draw_example(
   instance = np.zeros((height, width), np.int32)  # 0 = background, k = k-th object
   classes = []
   num_objects = rng.integers(2, options['max_objects'] + 1)
+  if multiscale:  # larger classes first, so that smaller ones lie on and against them
+    order = [int(c) for c in rng.integers(1, len(CLASS_NAMES), size=num_objects)]
+    order.sort(key=lambda c: -_MULTISCALE_RADIUS[c][1])
   centre, radius = None, None
   for k in range(1, num_objects + 1):
-    cls = int(rng.integers(1, len(CLASS_NAMES)))
-    new_radius = side * rng.uniform(0.1, 0.25)
+    if multiscale:
+      cls = order[k - 1]
+      new_radius = side * rng.uniform(*_MULTISCALE_RADIUS[cls])
+    else:  # 'shapes': the draws in the order of the main job's data (byte-identical to 2.0.0)
+      cls = int(rng.integers(1, len(CLASS_NAMES)))
+      new_radius = side * rng.uniform(0.1, 0.25)
     if centre is not None and rng.random() < 0.5:  # touch or overlap the previous object
       direction = rng.uniform(0, 2 * np.pi)
       gap = (radius + new_radius) * rng.uniform(0.8, 1.05)
@@ -219,7 +272,8 @@ def draw_example(
     )
     wy, wx = yy[window], xx[window]
     mask = _shape_mask(cls, rng, wy - centre[0], wx - centre[1], radius, options['thin_width'])
-    paint = _paint(rng, wy, wx, avoid_colour=background_colour)
+    textured = multiscale and cls in _LARGE  # a short field sees blotches, not the object
+    paint = _paint(rng, wy, wx, avoid_colour=background_colour, contrast=textured)
     image[window][mask] = paint[mask]
     label[window][mask] = cls
     instance[window][mask] = k
@@ -241,10 +295,11 @@ def draw_example(
 class SyntheticShapes(base.PreparedLocally, tfds.core.GeneratorBasedBuilder):
   """Procedural shapes segmentation set (see the module docstring)."""
 
-  VERSION = tfds.core.Version('2.0.0')
+  VERSION = tfds.core.Version('2.1.0')
   RELEASE_NOTES = {
     '1.0.0': 'First release.',
     '2.0.0': 'Thin strokes of thin_width px, larger objects, no stripe or checker textures.',
+    '2.1.0': "The layout option: 'multiscale' added; 'shapes' draws the bytes of 2.0.0.",
   }
   BUILDER_CONFIGS = [DEFAULT_CONFIG]
   CLASS_NAMES = CLASS_NAMES
