@@ -5,7 +5,10 @@
 
 Each `--sweep=FIELD=LIST` names a config field and a Python list literal of its values; the grid
 is their product (fields in the order given), times `--seeds` seeds (config.seed, config.seed+1,
-...). Without `--sweep`, the config file's `get_sweep(arg)` gives the grid. A grid point that
+...). Tied fields move together as one axis of the grid: `--sweep='F1,F2=[(A1, B1), (A2, B2)]'`
+gives the points F1=A1,F2=B1 and F1=A2,F2=B2, e.g. the paper's ablation
+`loss.kind,loss.sizes=[('ce', (1, 2, 3)), ('affinity', (1,)), ('affinity', (2,)), ...]`.
+Without `--sweep`, the config file's `get_sweep(arg)` gives the grid. A grid point that
 sets `loss.kind` and not `loss.sizes` also sets `loss.sizes` to that kind's default, unless the
 base config's sizes differ from its own kind's default (then they are kept as given).
 
@@ -19,7 +22,10 @@ checkpoint) is recorded in its `failed.json` with its error line and the sweep g
 `--shard=I/N` runs runs I, I+N, I+2N, ... so N machines or a job array split one sweep. The
 invocation that finds every run done, or `--summarize`, writes DIR/summary.json (`runs`, one
 row per run; `groups`, one row per grid point with means and standard deviations over seeds),
-summary.csv, summary.md (mean ± std in %) and summary.png (mIoU against each swept field).
+summary.csv, summary.md (mean ± std in %) and summary.png (mIoU against each swept field); for
+each grid point whose runs learn AAF tables, the mean over seeds of their field-size weights
+(`field_size_weights` of its group in summary.json) and their plot,
+summary_field_sizes,FIELD=VALUE,....png.
 
 `--baseline=FIELD=VALUE[,FIELD=VALUE]` names one grid point; the summary then adds each other
 grid point's paired difference from it (`paired_differences` in summary.json, `*_diff_*`
@@ -69,23 +75,31 @@ def run_name(overrides: dict, seed: int) -> str:
   return ','.join([f'{k}={_value_text(v)}' for k, v in overrides.items()] + [f'seed={seed}'])
 
 
-def parse_sweep_argument(text: str, config) -> tuple[str, list]:
-  """'FIELD=[v1, v2]' -> (FIELD, [v1, v2]); SweepError naming the argument otherwise."""
+def parse_sweep_argument(text: str, config) -> tuple[tuple[str, ...], list[tuple]]:
+  """'FIELD=[v1, v2]' -> ((FIELD,), [(v1,), (v2,)]); tied fields 'F1,F2=[(a1, b1), (a2, b2)]'
+  -> ((F1, F2), [(a1, b1), (a2, b2)]): the fields move together, one grid axis. SweepError
+  naming the argument otherwise."""
   where = f'--sweep={text!r}'
-  field, sep, literal = text.partition('=')
-  field = field.strip()
-  if not sep or not field:
-    raise SweepError(f'{where}: expected FIELD=[VALUE, ...], e.g. loss.margin=[1.0,2.0].')
-  flat = run_record.flatten(config)
-  if field not in flat:
-    near = [k for k in flat if k.split('.')[-1] == field.split('.')[-1]]
+  names, sep, literal = text.partition('=')
+  fields = tuple(f.strip() for f in names.split(','))
+  if not sep or not all(fields):
     raise SweepError(
-      f'{where}: config has no field {field!r}'
-      + (f' (did you mean {", ".join(near)}?)' if near else '')
-      + '.'
+      f'{where}: expected FIELD=[VALUE, ...], e.g. loss.margin=[1.0,2.0], or tied fields '
+      "F1,F2=[(V1, V2), ...], e.g. loss.kind,loss.sizes=[('affinity', (2,)), ('aaf', (1, 2, 3))]."
     )
-  if field == 'seed':
-    raise SweepError(f'{where}: use --seeds=N to run several seeds.')
+  if len(set(fields)) != len(fields):
+    raise SweepError(f'{where}: a field is named twice.')
+  flat = run_record.flatten(config)
+  for field in fields:
+    if field not in flat:
+      near = [k for k in flat if k.split('.')[-1] == field.split('.')[-1]]
+      raise SweepError(
+        f'{where}: config has no field {field!r}'
+        + (f' (did you mean {", ".join(near)}?)' if near else '')
+        + '.'
+      )
+    if field == 'seed':
+      raise SweepError(f'{where}: use --seeds=N to run several seeds.')
   try:
     values = ast.literal_eval(literal.strip())
   except (ValueError, SyntaxError) as e:
@@ -99,7 +113,15 @@ def parse_sweep_argument(text: str, config) -> tuple[str, list]:
     )
   if not values:
     raise SweepError(f'{where}: the list of values is empty; the grid would have no run.')
-  return field, values
+  if len(fields) == 1:
+    return fields, [(v,) for v in values]
+  for value in values:
+    if not isinstance(value, (tuple, list)) or len(value) != len(fields):
+      raise SweepError(
+        f'{where}: value {value!r} is not a tuple of {len(fields)} values, one for each of '
+        f'{", ".join(fields)}.'
+      )
+  return fields, [tuple(v) for v in values]
 
 
 def _set(config, field: str, value, where: str) -> None:
@@ -152,16 +174,18 @@ def plan(config, workdir: str, sweep_arguments, seeds: int) -> list[Run]:
   """Every run of the sweep, checked (each grid point's config validated) before any runs."""
   if not isinstance(seeds, int) or seeds < 1:
     raise SweepError(f'--seeds={seeds!r}: expected an integer >= 1.')
-  arguments, grid = {}, {}
+  arguments, axes = {}, []
   for text in sweep_arguments:
-    field, values = parse_sweep_argument(text, config)
-    if field in grid:
-      raise SweepError(f'--sweep={text!r}: field {field!r} is swept twice.')
-    arguments[field], grid[field] = f'--sweep={text!r}', values
+    fields, values = parse_sweep_argument(text, config)
+    for field in fields:
+      if field in arguments:
+        raise SweepError(f'--sweep={text!r}: field {field!r} is swept twice.')
+      arguments[field] = f'--sweep={text!r}'
+    axes.append([dict(zip(fields, value)) for value in values])
   runs = []
-  points = itertools.product(*grid.values())
+  points = itertools.product(*axes)
   for point in points:
-    overrides = dict(zip(grid, point))
+    overrides = {field: value for part in point for field, value in part.items()}
     for offset in range(seeds):
       seed = config.seed + offset
       runs.append(
@@ -294,6 +318,8 @@ def summarize(runs: list[Run], baseline: dict | None = None) -> dict:
         pixel_acc=results['pixel_acc'],
         per_class_iou=results['per_class_iou'],
       )
+      if 'field_size_weights' in results:  # aaf runs: the learned tables' softmax per class
+        row['field_size_weights'] = results['field_size_weights']
     if state['status'] == 'failed':
       row['error'] = state['error']
     rows.append(row)
@@ -322,11 +348,30 @@ def summarize(runs: list[Run], baseline: dict | None = None) -> dict:
         },
       }
     )
+    weights = _mean_field_sizes(
+      [m['field_size_weights'] for m in done if 'field_size_weights' in m]
+    )
+    if weights is not None:
+      group_rows[-1]['field_size_weights'] = weights
   summary = {'runs': rows, 'groups': group_rows}
   if baseline is not None:
     summary['baseline'] = baseline
     summary['paired_differences'] = paired_differences(summary, baseline)
   return summary
+
+
+def _mean_field_sizes(weights: list) -> dict | None:
+  """The mean over seeds of runs' `field_size_weights` ({'sizes', 'edge': {class: [w per size]},
+  'nonedge': ...}), with 'seeds' (how many); None when no run has them or their sizes differ."""
+  if not weights or any(w['sizes'] != weights[0]['sizes'] for w in weights):
+    return None
+  mean = {'sizes': weights[0]['sizes'], 'seeds': len(weights)}
+  for table in ('edge', 'nonedge'):
+    mean[table] = {
+      c: [sum(w[table][c][k] for w in weights) / len(weights) for k in range(len(rows))]
+      for c, rows in weights[0][table].items()
+    }
+  return mean
 
 
 # The scores of a group's row, in the order of summary.csv's and summary.md's columns.
@@ -559,8 +604,32 @@ def write_summary(runs: list[Run], workdir: str, baseline: dict | None = None) -
   with open(os.path.join(workdir, 'summary.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   _plot(summary, fields, os.path.join(workdir, 'summary.png'))
+  for g in summary['groups']:
+    if 'field_size_weights' in g:
+      _plot_field_sizes(g, os.path.join(workdir, _field_sizes_name(g['overrides'])))
   logging.info('Sweep summary (%s):\n%s', os.path.join(workdir, 'summary.md'), '\n'.join(lines))
   return summary
+
+
+def _field_sizes_name(overrides: dict) -> str:
+  """summary_field_sizes[,FIELD=VALUE...].png: a grid point's mean learned field sizes."""
+  point = run_name(overrides, 0).rpartition('seed=')[0].rstrip(',')
+  return f'summary_field_sizes{"," + point if point else ""}.png'
+
+
+def _plot_field_sizes(group: dict, path: str) -> None:
+  from aaf_jax import viz
+
+  weights = group['field_size_weights']
+  classes = list(weights['edge'])
+  viz.plot_field_sizes(
+    path,
+    classes,
+    weights['sizes'],
+    [weights['edge'][c] for c in classes],
+    [weights['nonedge'][c] for c in classes],
+    note=f'mean of {weights["seeds"]} seed(s)',
+  )
 
 
 def _plot(summary: dict, fields: list, path: str) -> None:

@@ -38,8 +38,11 @@ def side_by_side(
   return np.concatenate([rgb, colourise(label, num_classes), colourise(pred, num_classes)], 1)
 
 
-def plot_field_sizes(path: str, class_names, sizes, edge_weights, nonedge_weights) -> None:
-  """The paper's "learned kernel sizes per class" figure: stacked bars of softmax weights."""
+def plot_field_sizes(
+  path: str, class_names, sizes, edge_weights, nonedge_weights, note: str = ''
+) -> None:
+  """The paper's "learned kernel sizes per class" figure: stacked bars of softmax weights;
+  `note` is added to the titles (e.g. how many seeds a mean is over)."""
   import matplotlib
 
   matplotlib.use('Agg')
@@ -57,7 +60,7 @@ def plot_field_sizes(path: str, class_names, sizes, edge_weights, nonedge_weight
       ax.bar(x, weights[:, k], bottom=bottom, label=f'{2 * size + 1}x{2 * size + 1}')
       bottom += weights[:, k]
     ax.set_xticks(x, class_names, rotation=60, ha='right')
-    ax.set_title(f'learned field-size weights ({title})')
+    ax.set_title(f'learned field-size weights ({title}{", " + note if note else ""})')
     ax.set_ylim(0, 1)
   axes[0].set_ylabel('softmax weight')
   axes[1].legend(loc='upper right')

@@ -386,3 +386,86 @@ def test_a_baseline_needs_another_grid_point(tmp_path):
   runs = sweep.plan(synthetic.get_config(), str(tmp_path), ['loss.margin=[1.0]'], 3)
   with pytest.raises(sweep.SweepError, match='one grid point, so nothing to compare'):
     sweep.baseline_group(runs, 'loss.margin=1.0')
+
+
+ABLATION_ARGUMENT = (
+  "loss.kind,loss.sizes=[('ce', (1, 2, 3)), ('affinity', (1,)), ('affinity', (3,)), "
+  "('aaf', (1, 2, 3))]"
+)
+
+
+def test_tied_fields_move_together(tmp_path):
+  runs = sweep.plan(
+    synthetic.get_config(), str(tmp_path), [ABLATION_ARGUMENT, 'loss.margin=[1.0, 2.0]'], 1
+  )
+  assert [(r.config.loss.kind, r.config.loss.sizes, r.config.loss.margin) for r in runs] == [
+    ('ce', (1, 2, 3), 1.0),
+    ('ce', (1, 2, 3), 2.0),
+    ('affinity', (1,), 1.0),
+    ('affinity', (1,), 2.0),
+    ('affinity', (3,), 1.0),
+    ('affinity', (3,), 2.0),
+    ('aaf', (1, 2, 3), 1.0),
+    ('aaf', (1, 2, 3), 2.0),
+  ]
+  assert os.path.basename(runs[4].workdir) == (
+    'loss.kind=affinity,loss.sizes=3,loss.margin=1.0,seed=0'
+  )
+  assert runs[4].overrides == {'loss.kind': 'affinity', 'loss.sizes': (3,), 'loss.margin': 1.0}
+  grid = sweep.plan(synthetic.get_config(), str(tmp_path), [ABLATION_ARGUMENT], 1)
+  assert sweep.baseline_group(grid, 'loss.kind=ce') == {'loss.kind': 'ce', 'loss.sizes': (1, 2, 3)}
+  with pytest.raises(sweep.SweepError, match='matches 2 grid points'):
+    sweep.baseline_group(grid, 'loss.kind=affinity')
+  assert sweep.baseline_group(grid, 'loss.kind=affinity,loss.sizes=(3,)')['loss.sizes'] == (3,)
+
+
+@pytest.mark.parametrize(
+  'argument,expected',
+  [
+    ("loss.kind,loss.sizes=[('ce',)]", r"value \('ce',\) is not a tuple of 2 values, one for"),
+    ("loss.kind,loss.sizes=['ce']", r"value 'ce' is not a tuple of 2 values"),
+    ("loss.kind,loss.kind=[('ce', 'ce')]", r'a field is named twice'),
+    ("loss.kind,loss.szes=[('ce', (1,))]", r"config has no field 'loss.szes'"),
+    ("loss.kind,=[('ce', (1,))]", r'expected FIELD=\[VALUE, ...\]'),
+    ("loss.kind,loss.sizes=[('affinity', (1, 2))]", r'config.loss.sizes'),
+  ],
+)
+def test_bad_tied_fields_are_named(tmp_path, argument, expected):
+  with pytest.raises(sweep.SweepError, match=expected):
+    sweep.plan(synthetic.get_config(), str(tmp_path), [argument], 1)
+  with pytest.raises(sweep.SweepError, match='swept twice'):
+    sweep.plan(synthetic.get_config(), str(tmp_path), [ABLATION_ARGUMENT, 'loss.sizes=[(1,)]'], 1)
+
+
+def test_the_summary_averages_learned_field_sizes_over_seeds(tmp_path):
+  """aaf runs' field_size_weights: the group's mean over its finished seeds, and its plot."""
+  runs = _hand_made_runs(
+    tmp_path,
+    {(m, s): (0.5, 0.5) for m in (1.0, 2.0) for s in (0, 1)},
+    ['loss.margin=[1.0, 2.0]'],
+    2,
+  )
+  given = {  # margin 1.0's seeds learn (edge, non-edge) weights over sizes (1, 2, 3)
+    0: ([0.2, 0.3, 0.5], [1.0, 0.0, 0.0]),
+    1: ([0.4, 0.5, 0.1], [0.0, 0.5, 0.5]),
+  }
+  for run in runs[:2]:
+    path = os.path.join(run.workdir, 'results.json')
+    results = json.load(open(path))
+    edge, nonedge = given[run.seed]
+    results['field_size_weights'] = {
+      'sizes': [1, 2, 3],
+      'edge': {'background': edge, 'disc': edge[::-1]},
+      'nonedge': {'background': nonedge, 'disc': nonedge},
+    }
+    json.dump(results, open(path, 'w'))
+  summary = sweep.write_summary(runs, str(tmp_path))
+  one, two = summary['groups']
+  assert 'field_size_weights' not in two
+  weights = one['field_size_weights']
+  assert weights['sizes'] == [1, 2, 3] and weights['seeds'] == 2
+  assert weights['edge']['background'] == pytest.approx([0.3, 0.4, 0.3])
+  assert weights['edge']['disc'] == pytest.approx([0.3, 0.4, 0.3][::-1])
+  assert weights['nonedge']['disc'] == pytest.approx([0.5, 0.25, 0.25])
+  assert (tmp_path / 'summary_field_sizes,loss.margin=1.0.png').stat().st_size > 0
+  assert not (tmp_path / 'summary_field_sizes,loss.margin=2.0.png').exists()
