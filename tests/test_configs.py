@@ -30,6 +30,29 @@ def test_argument_types_and_unknown_arguments():
     common.base_config('crf')
 
 
+def test_multiscale_argument_sets_the_comparison_set_and_its_ablation(tmp_path):
+  from aaf_jax import sweep
+
+  main, multi = synthetic.get_config(), synthetic.get_config('multiscale')
+  assert main.data.synthetic.layout == 'shapes' and main.num_train_steps == 6000
+  assert main.data.synthetic.num_validation == 200
+  assert multi.data.synthetic.layout == 'multiscale'
+  assert multi.num_train_steps == synthetic.MULTISCALE_STEPS
+  assert multi.data.synthetic.num_validation == 1000
+  assert synthetic.get_config('multiscale,steps=7').num_train_steps == 7
+  assert synthetic.get_sweep() == {'loss.kind': ['ce', 'affinity', 'aaf']}
+  grid = synthetic.get_sweep('multiscale')
+  runs = sweep.plan(multi, str(tmp_path), [f'{k}={v!r}' for k, v in grid.items()], 1)
+  assert [(r.config.loss.kind, r.config.loss.sizes) for r in runs] == [
+    ('ce', (1, 2, 3)),
+    ('affinity', (1,)),
+    ('affinity', (2,)),
+    ('affinity', (3,)),
+    ('aaf', (1, 2, 3)),
+  ]
+  assert all(r.config.data.synthetic.layout == 'multiscale' for r in runs)
+
+
 def test_config_is_locked():
   config = synthetic.get_config()
   with pytest.raises(AttributeError):
