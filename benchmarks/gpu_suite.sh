@@ -10,8 +10,8 @@
 # crop 336 with both dilated-conv forms and at crop 720 with the faster one, with images/s, MFU
 # against the measured peak, each program's memory and the device's peak; and the step's
 # profile as text (kernel time by part of the step, top kernels). Planned to finish in under 8
-# minutes on a fresh H200: the steps of one crop compile together in threads, no init program
-# is compiled, and a persistent compilation cache (JAX_COMPILATION_CACHE_DIR, default
+# minutes on a fresh H200: each step variant is traced, compiled, timed and printed before the
+# next (benchmarks/step_suite.py), no init program is compiled, and a persistent compilation cache (JAX_COMPILATION_CACHE_DIR, default
 # /tmp/aaf_jax_cache) serves any program compiled twice. Each part has its own time limit and
 # a part that fails is reported and skipped. Needs jax, flax, optax, ml_collections and clu;
 # no TensorFlow.
