@@ -412,6 +412,13 @@ def _same_value(text: str, value) -> bool:
   return given == value or _text(given) == _text(value) or text == _text(value)
 
 
+def matching(overrides: list[dict], text: str) -> list[dict]:
+  """The grid points among `overrides` that 'FIELD=VALUE[,FIELD=VALUE]' names (every named
+  field has that value; a field a point lacks does not match)."""
+  items = _baseline_items(text)
+  return [o for o in overrides if all(f in o and _same_value(v, o[f]) for f, v in items)]
+
+
 def baseline_group(runs: list[Run], text: str) -> dict:
   """The overrides of the one grid point `--baseline=text` names; BaselineError otherwise.
 
@@ -429,7 +436,7 @@ def baseline_group(runs: list[Run], text: str) -> dict:
       raise BaselineError(
         f'{where}: {field!r} is not a swept field; the swept fields are {", ".join(swept)}.'
       )
-  matches = [g for g in groups if all(_same_value(v, g[f]) for f, v in items)]
+  matches = matching(groups, text)
   names = ', '.join(repr(run_name(g, 0).rpartition(',seed=')[0] or '(base)') for g in groups)
   if not matches:
     raise BaselineError(f'{where}: names no grid point; the grid points are {names}.')
@@ -516,7 +523,7 @@ def _stat_cells(stat: dict) -> list:
   return [stat['pairs'], stat['mean'], stat['std'], *ci]
 
 
-def _difference(stat: dict, seeds: int) -> str:
+def difference_text(stat: dict, seeds: int) -> str:
   """'+4.83 ± 2.10 [-0.40, +10.05]' in points; '*' when the interval excludes 0."""
   if not stat['pairs']:
     return '-'
@@ -544,8 +551,8 @@ def _paired_table(summary: dict, fields: list, classes: list) -> list[str]:
   for d in summary['paired_differences']:
     seeds = len(d['seeds'])
     cells = [_text(d['overrides'][k]) for k in fields] + [str(seeds)]
-    cells += [_difference(d[key], seeds) for key, _ in _PAIRED_SCORES]
-    cells += [_difference(d['per_class_iou'][c], seeds) for c in classes]
+    cells += [difference_text(d[key], seeds) for key, _ in _PAIRED_SCORES]
+    cells += [difference_text(d['per_class_iou'][c], seeds) for c in classes]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return lines
 
