@@ -45,12 +45,15 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from aaf_jax import loss_kinds
+
 _EPS = 1e-4  # the spec's clipping floor for q, 1-q, p and 1-p
 
 # How the per-pixel pair sums are computed: 'xla', the jnp form below; 'pallas', the fused
 # kernels of affinity_pallas.py (Triton on GPUs, the Pallas interpreter on the CPU). Both give
-# the same values and gradients; everything after the pair sums is shared.
-IMPLEMENTATIONS = ('xla', 'pallas')
+# the same values and gradients; everything after the pair sums is shared. The names live in
+# loss_kinds (imported by configs, without jax), the one place they are spelt.
+IMPLEMENTATIONS = loss_kinds.IMPLEMENTATIONS
 
 
 def loss_decay(step, num_steps):

@@ -9,8 +9,8 @@ module does not import jax (config files use it); the terms import the loss math
 import dataclasses
 from collections.abc import Callable
 
-# config.loss.implementation: how the affinity pair sums are computed, the names of
-# affinity.IMPLEMENTATIONS (spelt here too so that configs need no jax; a test checks they agree).
+# config.loss.implementation: how the affinity pair sums are computed (affinity.py reads the
+# names from here, so that configs need no jax to check them).
 # 'xla' is the default everywhere: the fused 'pallas' kernels become a default only where they
 # are measured faster (BENCHMARKS.md).
 IMPLEMENTATIONS = ('xla', 'pallas')

@@ -74,7 +74,7 @@ def make_loss_fn(model, config, num_classes: int):
   def loss_fn(params, batch_stats, images, labels, step, rng):
     # The named scopes label the compiled program's ops (their HLO op_name), so a profile can
     # split kernel time into network, cross-entropy, affinity loss and optimizer
-    # (benchmarks/step_profile.py); they change nothing else.
+    # (benchmarks/step_suite.py); they change nothing else.
     with jax.named_scope('network'):
       outputs, updates = model.apply(
         {'params': params['model'], 'batch_stats': batch_stats},

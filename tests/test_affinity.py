@@ -559,12 +559,6 @@ def test_property_switching_a_pixel_raises_the_loss(data):
   assert float(_total_af(switched, labels)) > float(_total_af(probs, labels))
 
 
-def test_implementation_names_agree_with_the_config_contract():
-  from aaf_jax import loss_kinds  # spells the names without importing jax
-
-  assert loss_kinds.IMPLEMENTATIONS == affinity.IMPLEMENTATIONS
-
-
 def test_pallas_kernels_lower_to_triton_for_gpus():
   """Forward and backward lower through Pallas's Triton rules for 'cuda', from this CPU host.
 

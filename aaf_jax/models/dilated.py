@@ -107,7 +107,14 @@ def conv(
   """k x k conv with symmetric padding rate * (k - 1) / 2 and float32 params. A dilated conv
   (rate > 1, k > 1) runs in `form`; every other conv is a plain `nn.Conv` either way."""
   check_form(form)
-  pad = rate * (kernel - 1) // 2
+  shared = dict(
+    use_bias=use_bias,
+    dtype=dtype,
+    param_dtype=jnp.float32,
+    kernel_init=kernel_init,
+    bias_init=bias_init,
+    name=name,
+  )
   if form == 'space_to_batch' and rate > 1 and kernel > 1:
     if stride != 1:
       raise ValueError(
@@ -118,27 +125,13 @@ def conv(
       raise ValueError(
         f'conv {name!r}: dilated_conv=space_to_batch needs an odd kernel, got {kernel}.'
       )
-    return SpaceToBatchConv(
-      features,
-      kernel,
-      rate,
-      use_bias=use_bias,
-      dtype=dtype,
-      param_dtype=jnp.float32,
-      kernel_init=kernel_init,
-      bias_init=bias_init,
-      name=name,
-    )
+    return SpaceToBatchConv(features, kernel, rate, **shared)
+  pad = rate * (kernel - 1) // 2
   return nn.Conv(
     features,
     (kernel, kernel),
     strides=stride,
     kernel_dilation=rate,
     padding=((pad, pad), (pad, pad)),
-    use_bias=use_bias,
-    dtype=dtype,
-    param_dtype=jnp.float32,
-    kernel_init=kernel_init,
-    bias_init=bias_init,
-    name=name,
+    **shared,
   )
