@@ -433,7 +433,10 @@ def test_tied_fields_move_together(tmp_path):
 def test_bad_tied_fields_are_named(tmp_path, argument, expected):
   with pytest.raises(sweep.SweepError, match=expected):
     sweep.plan(synthetic.get_config(), str(tmp_path), [argument], 1)
-  with pytest.raises(sweep.SweepError, match='swept twice'):
+
+
+def test_a_tied_field_swept_again_is_named(tmp_path):
+  with pytest.raises(sweep.SweepError, match="field 'loss.sizes' is swept twice"):
     sweep.plan(synthetic.get_config(), str(tmp_path), [ABLATION_ARGUMENT, 'loss.sizes=[(1,)]'], 1)
 
 

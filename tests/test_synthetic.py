@@ -259,13 +259,28 @@ def test_multiscale_draws_each_class_at_its_own_scale(multiscale):
   assert np.mean(step[inside[:, :, 2:] & inside[:, :, :-2]] > 150) > 0.03
 
 
-def test_multiscale_draws_smaller_objects_over_larger_ones(multiscale):
-  """Large objects are drawn first: a thin stroke is never cut by a disc or box drawn later."""
+def test_multiscale_draws_smaller_objects_over_larger_ones(multiscale, monkeypatch):
+  """Large objects are drawn first, so strokes lie on them; the draw order is what is pinned
+  (touching alone would hold whichever came first)."""
   _, labels = multiscale
-  thin = np.isin(labels, [4, 5, 6])
-  large = np.isin(labels, [1, 2])
+  thin, large = np.isin(labels, [4, 5, 6]), np.isin(labels, [1, 2])
   touching = np.stack([synthetic._binary_shift_op(m, 1, np.logical_or) for m in large]) & thin
   assert touching.sum() > 0  # strokes lie on and against large objects
+  drawn = []
+  shape_mask = synthetic._shape_mask
+
+  def recording(cls, rng, dy, dx, radius, thin_width):
+    drawn[-1].append(cls)
+    return shape_mask(cls, rng, dy, dx, radius, thin_width)
+
+  monkeypatch.setattr(synthetic, '_shape_mask', recording)
+  given = options(layout='multiscale', image_size=64, max_objects=5, thin_width=5.0)
+  for i in range(20):
+    drawn.append([])
+    synthetic.draw_example(given, 'train', i)
+  largest = [[synthetic._MULTISCALE_RADIUS[c][1] for c in classes] for classes in drawn]
+  assert all(r == sorted(r, reverse=True) for r in largest), drawn
+  assert sum(len(set(r)) > 1 for r in largest) >= 10  # orders that could have been wrong
 
 
 def test_layout_has_its_own_config_name_and_is_checked():
