@@ -47,15 +47,25 @@ def _one(groups: list[dict], text: str, flag: str) -> dict:
   return found[0]
 
 
-def _against(summary: dict, point: dict, baseline: dict) -> dict:
-  """`point` minus `baseline`, paired over seeds: the sweep's paired_differences row."""
-  rows = sweep.paired_differences(summary, baseline)
-  return next(r for r in rows if json.dumps(r['overrides']) == json.dumps(point))
+def _pairing(summary: dict):
+  """against(point, baseline) -> `point` minus `baseline` paired over seeds (the sweep's
+  paired_differences row); each baseline's differences are computed once."""
+  by_baseline = {}
+
+  def against(point: dict, baseline: dict) -> dict:
+    key = json.dumps(baseline)
+    if key not in by_baseline:
+      rows = sweep.paired_differences(summary, baseline)
+      by_baseline[key] = {json.dumps(r['overrides']): r for r in rows}
+    return by_baseline[key][json.dumps(point)]
+
+  return against
 
 
 def report(summary: dict, among: str, of: str | None) -> list[str]:
   """The report's markdown lines (see the module docstring)."""
   groups = {json.dumps(g['overrides']): g for g in summary['groups']}
+  against = _pairing(summary)
   overrides = [g['overrides'] for g in summary['groups']]
   contenders = sweep.matching(overrides, among)
   if len(contenders) < 2:
@@ -84,7 +94,7 @@ def report(summary: dict, among: str, of: str | None) -> list[str]:
       continue
     best, runner_up = ranked[0], ranked[1]
     wins[names[best]].append(c)
-    gap = _against(summary, contenders[best], contenders[runner_up])['per_class_iou'][c]
+    gap = against(contenders[best], contenders[runner_up])['per_class_iou'][c]
     cells = [f'{100 * m:.2f}' if m is not None else '-' for m in means]
     lines.append(
       f'| {c} | ' + ' | '.join(cells) + f' | {names[best]} | {sweep.difference_text(gap, seeds)} |'
@@ -107,7 +117,7 @@ def report(summary: dict, among: str, of: str | None) -> list[str]:
   for other in overrides:
     if other == point:
       continue
-    row = _against(summary, point, other)
+    row = against(point, other)
     n = len(row['seeds'])
     cells = [sweep.difference_text(row[k], n) for k in ('miou', 'boundary_iou')]
     cells += [sweep.difference_text(row['per_class_iou'][c], n) for c in classes]
