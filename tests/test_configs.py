@@ -34,7 +34,8 @@ def test_multiscale_argument_sets_the_comparison_set_and_its_ablation(tmp_path):
   from aaf_jax import sweep
 
   main, multi = synthetic.get_config(), synthetic.get_config('multiscale')
-  assert main.data.synthetic.layout == 'shapes' and main.num_train_steps == 6000
+  assert main.data.synthetic.layout == 'shapes'
+  assert main.num_train_steps == synthetic.MAIN_STEPS == 9000
   assert main.data.synthetic.num_validation == 1000
   assert multi.data.synthetic.layout == 'multiscale'
   assert multi.num_train_steps == synthetic.MULTISCALE_STEPS
