@@ -509,9 +509,12 @@ def run_evaluation(eval_step, variables, batches, mesh, num_classes: int, num_ke
 
 
 def summarize(sums: dict, class_names) -> dict:
-  """The split's scores from `run_evaluation`'s sums: mIoU, pixel accuracy, per-class IoU, and
-  the instance-aware scores whose sums are there (VOC instance-wise mIoU, Cityscapes iIoU)."""
+  """The split's scores from `run_evaluation`'s sums: mIoU, pixel accuracy, per-class IoU, the
+  instance-aware scores whose sums are there (VOC instance-wise mIoU, Cityscapes iIoU), and the
+  confusion matrix itself ('confusion': pixel counts, a row per true class, a column per
+  predicted class, in `class_names` order), which says what a low IoU is mistaken for."""
   results = scores(sums['confusion'], class_names)
+  results['confusion'] = np.asarray(sums['confusion']).astype(np.int64).tolist()
   if 'boundary' in sums:
     results.update(boundary.scores(sums['boundary'], class_names))
   if 'voc_instance' in sums:

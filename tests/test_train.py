@@ -13,7 +13,7 @@ import pytest
 from launching import ROOT, TINY_FLAGS, launch_command, synthetic_config, xla_flags
 from tiny import tiny_config
 
-from aaf_jax import checkpoint, models, optim, run_record, step, train
+from aaf_jax import checkpoint, evaluate, models, optim, run_record, step, train
 
 
 @pytest.fixture(scope='session')
@@ -40,6 +40,12 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
   assert 0 <= saved['miou'] <= 1 and 0 <= saved['pixel_acc'] <= 1
   assert 0 <= saved['boundary_iou'] <= 1 and saved['boundary_width'] == 2
   assert set(saved['per_class_boundary_iou']) == set(saved['per_class_iou'])
+  # The saved confusion matrix is the one the scores were computed from.
+  classes = list(saved['per_class_iou'])
+  assert (
+    evaluate.scores(np.array(saved['confusion']), classes)['per_class_iou']
+    == (saved['per_class_iou'])
+  )
   assert set(saved['per_class_iou']) == {
     'background',
     'disc',
