@@ -3,8 +3,9 @@
     python benchmarks/compare_losses.py --workdir=workdir/compare [--seeds=3] [--steps=N]
 
 The same as `python launch.py --mode=sweep --config=configs/synthetic.py --workdir=DIR
---seeds=N` (the synthetic config's default sweep is the three loss kinds): each run trains in
-its own folder of DIR, finished runs are reused, and DIR/summary.md holds the table printed.
+--seeds=N --baseline=loss.kind=ce` (the synthetic config's default sweep is the three loss
+kinds): each run trains in its own folder of DIR, finished runs are reused, and DIR/summary.md
+holds the tables printed (with two or more seeds, each loss's paired difference from ce).
 """
 
 import argparse
@@ -31,7 +32,7 @@ def main():
   config = synthetic.get_config(arg)
   grid = [f'{field}={values!r}' for field, values in synthetic.get_sweep(arg).items()]
   runs = sweep.plan(config, args.workdir, grid, args.seeds)
-  sweep.run_sweep(runs, args.workdir)
+  sweep.run_sweep(runs, args.workdir, baseline=sweep.baseline_group(runs, 'loss.kind=ce'))
   with open(os.path.join(args.workdir, 'summary.md')) as f:
     print(f.read())
 
