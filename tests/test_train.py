@@ -41,11 +41,8 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
   assert 0 <= saved['boundary_iou'] <= 1 and saved['boundary_width'] == 2
   assert set(saved['per_class_boundary_iou']) == set(saved['per_class_iou'])
   # The saved confusion matrix is the one the scores were computed from.
-  classes = list(saved['per_class_iou'])
-  assert (
-    evaluate.scores(np.array(saved['confusion']), classes)['per_class_iou']
-    == (saved['per_class_iou'])
-  )
+  rescored = evaluate.scores(np.array(saved['confusion']), list(saved['per_class_iou']))
+  assert rescored['per_class_iou'] == saved['per_class_iou']
   assert set(saved['per_class_iou']) == {
     'background',
     'disc',
@@ -68,8 +65,7 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
     written = json.loads((tmp_path / 'eval-synthetic-validation.json').read_text())
     assert written == json.loads(json.dumps(again))
     keys = ('miou', 'pixel_acc', 'per_class_iou', 'confusion', 'boundary_iou')
-    keys += ('per_class_boundary_iou',)
-    keys += ('boundary_width', 'step', 'fingerprint')
+    keys += ('per_class_boundary_iou', 'boundary_width', 'step', 'fingerprint')
     assert {k: written[k] for k in keys} == {k: saved[k] for k in keys}
     assert written['inference'] == {
       'dataset': 'synthetic',
