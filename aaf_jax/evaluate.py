@@ -10,10 +10,7 @@ inference crops the batch to each distinct image size (one compile per size).
 """
 
 import datetime
-import json
 import math
-import os
-import tempfile
 import time
 
 import jax
@@ -579,20 +576,3 @@ def format_table(results: dict) -> str:
       rows.append(f'{title:<20} {cell(results[key])}')
   rows.append(f'{"pixel accuracy":<20} {cell(results["pixel_acc"])}')
   return '\n'.join(rows)
-
-
-def write_json_atomically(path: str, payload: dict) -> None:
-  """Write to a temporary file beside `path`, then rename: a reader never sees half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.json')
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(payload, f, indent=2, allow_nan=False)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the results from other users
-    os.replace(tmp, path)
-  except BaseException:
-    os.unlink(tmp)
-    raise

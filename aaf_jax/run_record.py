@@ -16,6 +16,8 @@ import platform
 import subprocess
 import sys
 
+from aaf_jax import jsonio
+
 # Fields that may differ between a checkpoint's run and the run resuming it (README lists them).
 RESUMABLE_FIELDS = (
   'log_every_steps',
@@ -135,22 +137,15 @@ def environment() -> dict:
   }
 
 
-def _write_json(path: str, payload) -> None:
-  tmp = f'{path}.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2, sort_keys=False)
-  os.replace(tmp, path)
-
-
 def write(workdir: str, config, start_step: int) -> None:
   """config.json (this start's config) and one more entry in environment.json."""
   os.makedirs(workdir, exist_ok=True)
   record = {'fingerprint': fingerprint(config), 'config': config.to_dict()}
-  _write_json(os.path.join(workdir, 'config.json'), json.loads(json.dumps(record)))
+  jsonio.write_json_atomically(os.path.join(workdir, 'config.json'), json.loads(json.dumps(record)))
   path = os.path.join(workdir, 'environment.json')
   starts = []
   if os.path.exists(path):
     with open(path) as f:
       starts = json.load(f).get('starts', [])
   starts.append({'start_step': start_step, **environment()})
-  _write_json(path, {'starts': starts})
+  jsonio.write_json_atomically(path, {'starts': starts})

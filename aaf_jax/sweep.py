@@ -48,7 +48,7 @@ import time
 import ml_collections
 from absl import logging
 
-from aaf_jax import errors, loss_kinds, run_record, validation
+from aaf_jax import errors, jsonio, loss_kinds, run_record, validation
 
 
 class SweepError(errors.UserError):
@@ -565,10 +565,8 @@ def write_summary(runs: list[Run], workdir: str, baseline: dict | None = None) -
   """
   import csv
 
-  from aaf_jax import evaluate
-
   summary = summarize(runs, baseline)
-  evaluate.write_json_atomically(os.path.join(workdir, 'summary.json'), summary)
+  jsonio.write_json_atomically(os.path.join(workdir, 'summary.json'), summary)
   fields = list(runs[0].overrides) if runs else []
   classes = next((list(g['per_class_iou']) for g in summary['groups'] if g['per_class_iou']), [])
   paired = {json.dumps(d['overrides']): d for d in summary.get('paired_differences', [])}

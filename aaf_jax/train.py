@@ -18,6 +18,7 @@ from aaf_jax import (
   distributed,
   errors,
   evaluate,
+  jsonio,
   logs,
   loss_kinds,
   models,
@@ -196,7 +197,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       state.params, run.info.class_names, config.loss.sizes
     )
   if jax.process_index() == 0:
-    evaluate.write_json_atomically(os.path.join(workdir, 'results.json'), results)
+    jsonio.write_json_atomically(os.path.join(workdir, 'results.json'), results)
     if 'field_size_weights' in results:
       _plot_field_sizes(workdir, results['field_size_weights'], run.info.class_names)
   writer.flush()
@@ -230,7 +231,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
     'Evaluation of step %d on %s:\n%s', step, config.data.eval_split, evaluate.format_table(results)
   )
   if jax.process_index() == 0:
-    evaluate.write_json_atomically(eval_results_path(workdir, config), results)
+    jsonio.write_json_atomically(eval_results_path(workdir, config), results)
   return results
 
 

@@ -109,18 +109,6 @@ def test_eval_step_boundary_width_as_a_fraction_follows_each_image_size():
   np.testing.assert_array_equal(pixels({}, batch)[0]['boundary'], [[84, 804], [84, 804]])
 
 
-def test_results_json_is_written_atomically(tmp_path):
-  path = tmp_path / 'results.json'
-  evaluate.write_json_atomically(str(path), {'miou': 0.5})
-  assert path.read_text().strip().startswith('{')
-  try:
-    evaluate.write_json_atomically(str(path), {'miou': float('nan')})
-  except ValueError:
-    pass
-  assert '0.5' in path.read_text()  # the old result is intact
-  assert [p.name for p in tmp_path.iterdir()] == ['results.json']
-
-
 # --- the recipe's inference: sliding windows, scales, flip ---
 
 
