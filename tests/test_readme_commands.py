@@ -1,10 +1,13 @@
-"""Every command the README and docs/ show runs as written (or a fast variant), and every link
-they hold points at a file of this repository.
+"""Every command the README, CONTRIBUTING.md and docs/ show runs as written (or a fast variant).
 
 launch.py commands run with `--only_check_args` (flags and config, overrides included, are
 parsed and checked; nothing trains: the tiny end-to-end tests do that); other scripts and
 modules run with `--help`, which imports everything they import. They run as from a fresh
 clone: `aaf_jax` importable (pip install -e . puts it on the path), nothing else added.
+Not run here: the set-up commands (CI runs them verbatim, test_readme.py keeps them identical),
+cluster commands (`sbatch`, `mpirun`, `gcloud`: tests/test_engines.py runs the Slurm and Open MPI
+paths), `bash benchmarks/gpu_suite.sh --cpu-smoke` (CI runs it) and BENCHMARKS.md's commands
+(records of what was measured, with the flags of their day). Links: tests/test_docs.py.
 """
 
 import glob
@@ -17,7 +20,11 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = [os.path.join(ROOT, 'README.md'), *sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))]
+DOCS = [
+  os.path.join(ROOT, 'README.md'),
+  os.path.join(ROOT, 'CONTRIBUTING.md'),
+  *sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md'))),
+]
 # `python launch.py ...`, `python -m package.module ...`, `python path/script.py ...`, but not
 # the set-up commands' `.venv/bin/python` (CI runs those verbatim, see test_readme.py).
 _COMMAND = re.compile(r'(?<![/\w.])python3? ((?:-m [\w.]+)|[\w/.]+\.py)((?:[^`\n\\#]|\\\n)*)')
@@ -64,17 +71,3 @@ def test_documented_command_runs(target, args, tmp_path, fresh_clone_path):
     env={**os.environ, 'PYTHONPATH': fresh_clone_path},
   )
   assert result.returncode == 0, result.stderr[-3000:]
-
-
-def _links(path):
-  text = open(path).read()
-  return re.findall(r'\]\(([^)#\s]+)(?:#[^)]*)?\)', text)
-
-
-@pytest.mark.parametrize('path', DOCS, ids=lambda p: os.path.relpath(p, ROOT))
-def test_links_point_inside_the_repository(path):
-  for link in _links(path):
-    if re.match(r'https?://', link):
-      continue
-    target = os.path.normpath(os.path.join(os.path.dirname(path), link))
-    assert target.startswith(ROOT + os.sep) and os.path.exists(target), f'{path}: {link}'
