@@ -10,10 +10,10 @@ wide) at output stride 4; thin strokes of 3-5 px.
 
 `multiscale`: the issue-19 comparison set (layout 'multiscale' of aaf_jax/data/synthetic.py: each
 class at its own scale, textured surfaces), with a shorter schedule, so that the paper's ablation
-(get_sweep: ce, affinity at 3x3, 5x5 and 7x7, aaf) over 5 seeds fits in under 3 hours on 2 CPU
-cores:
+(get_sweep: ce, affinity at 3x3, 5x5 and 7x7, aaf) over 10 seeds, the fewest its comparisons are
+quoted over, took 72 minutes on 2 CPU cores as two one-core shards (docs/results.md):
 
-    python launch.py --config=configs/synthetic.py:multiscale --mode=sweep --seeds=5 \
+    python launch.py --config=configs/synthetic.py:multiscale --mode=sweep --seeds=10 \
         --baseline='loss.kind=ce' --workdir=DIR
 """
 
@@ -55,7 +55,7 @@ def get_config(arg=None):
   config.data.synthetic.image_size = 64
   config.data.synthetic.num_train = 2000
   # Evaluation is a few seconds: 1000 images measure each class's IoU with less noise than the
-  # 200 of the figures before 2026-12-04's sixth session (README: The main job).
+  # 200 of the figures before 2026-12-04's sixth session (docs/results.md, The main job).
   config.data.synthetic.num_validation = 1000
   config.data.synthetic.seed = 0
   config.data.synthetic.max_objects = 4
@@ -71,10 +71,10 @@ def get_config(arg=None):
 # The main job's schedule. At 6000 steps the solid classes (disc, box, triangle) were learned or
 # not depending on the seed and on the machine's floating-point rounding (2026-12-04: seeds 0-4
 # scored 51-62% mIoU in two groups); 9000 steps put every seed tried in the learned group, at
-# about 3.5 minutes on a 2-core CPU (README: The main job; BENCHMARKS.md).
+# about 3.5 minutes on a 2-core CPU (docs/results.md, The main job; BENCHMARKS.md).
 MAIN_STEPS = 9000
 
-# The multiscale set's schedule: steps of the main job's cost; see the README's comparison.
+# The multiscale set's schedule: steps of the main job's cost; see docs/results.md.
 MULTISCALE_STEPS = 4000
 
 # The paper's ablation: cross-entropy, the fixed field at 3x3, 5x5 and 7x7, adaptive fields.
