@@ -53,6 +53,13 @@ def test_python_example_runs(path, index):
   assert np.isfinite(float(namespace['loss'])), namespace['loss']
 
 
+def test_readme_is_read_in_five_minutes():
+  """An index, not a notebook (issue 30): at most 250 lines; the rest goes to docs/."""
+  with open(README) as f:
+    lines = f.read().splitlines()
+  assert len(lines) <= 250, f'README.md has {len(lines)} lines; move detail to docs/'
+
+
 def test_the_readme_and_the_loss_page_have_examples():
   assert python_blocks(README) and python_blocks(os.path.join(ROOT, 'docs', 'loss.md'))
 
