@@ -46,6 +46,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
+def set_fields(config, overrides: dict) -> None:
+  """Sets each dotted field of `overrides` ({'data.eval_split': 'shifted'}) in `config`."""
+  for field, value in overrides.items():
+    node = config
+    *parents, leaf = field.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+
+
 def base_config(
   loss_kind: str = 'aaf', model_preset: str = 'pspnet_resnet101'
 ) -> ml_collections.ConfigDict:
