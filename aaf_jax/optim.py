@@ -5,10 +5,12 @@ Every leaf gets exactly one group label:
 
   backbone  momentum SGD on the poly schedule, L2 weight decay on conv kernels
   head      the same at `head_lr_mult` times the learning rate (subtrees `head`, `aux_head`)
-  aaf       the same momentum and schedule, no weight decay, and the sign flipped: the
-            update ASCENDS the objective, which is the min-max game of the paper
+  aaf       the same momentum and schedule, no weight decay; its direction is
+            `config.loss.tables` (TABLE_UPDATES): 'adversarial' ASCENDS the objective, the
+            min-max game of the paper; 'descent' descends with the network (min-min);
+            'uniform' never moves the tables from their zero start (equal weights over sizes)
 
-so one `tx.update` descends on the network and ascends on the kernel-size tables.
+so by default one `tx.update` descends on the network and ascends on the kernel-size tables.
 """
 
 import jax
@@ -17,6 +19,10 @@ import optax
 
 HEAD_SUBTREES = ('head', 'aux_head')
 GROUPS = ('backbone', 'head', 'aaf')
+
+# config.loss.tables (validation.TABLE_MODES) -> how the 'aaf' group moves: +1 up the
+# objective's gradient, -1 down it, 0 not at all.
+TABLE_UPDATES = {'adversarial': +1, 'descent': -1, 'uniform': 0}
 
 
 def poly_schedule(base_lr: float, num_steps: int, power: float):
@@ -49,11 +55,18 @@ def decay_mask(params):
   return jax.tree_util.tree_map_with_path(is_conv_kernel, params)
 
 
-def make_optimizer(opt_cfg, num_steps: int) -> optax.GradientTransformation:
-  """One transform: descent on `model` (with head LR multiplier), ascent on `aaf`.
+def make_optimizer(
+  opt_cfg, num_steps: int, tables: str = 'adversarial'
+) -> optax.GradientTransformation:
+  """One transform: descent on `model` (with head LR multiplier); on `aaf` what `tables` says.
 
-  opt_cfg fields: learning_rate, poly_power, momentum, weight_decay, head_lr_mult.
+  opt_cfg fields: learning_rate, poly_power, momentum, weight_decay, head_lr_mult. `tables` is
+  `config.loss.tables`: 'adversarial' (ascent), 'descent' or 'uniform' (never updated).
   """
+  if tables not in TABLE_UPDATES:
+    raise ValueError(
+      f'config.loss.tables={tables!r} is unknown; expected one of {tuple(TABLE_UPDATES)}.'
+    )
   schedule = poly_schedule(opt_cfg.learning_rate, num_steps, opt_cfg.poly_power)
 
   def descent(lr_mult):
@@ -63,9 +76,14 @@ def make_optimizer(opt_cfg, num_steps: int) -> optax.GradientTransformation:
       optax.scale_by_learning_rate(lambda step: lr_mult * schedule(step)),
     )
 
-  ascent = optax.chain(
-    optax.trace(decay=opt_cfg.momentum), optax.scale_by_learning_rate(schedule, flip_sign=False)
-  )
+  direction = TABLE_UPDATES[tables]
+  if direction:
+    aaf = optax.chain(
+      optax.trace(decay=opt_cfg.momentum),
+      optax.scale_by_learning_rate(schedule, flip_sign=direction < 0),
+    )
+  else:
+    aaf = optax.set_to_zero()
   return optax.partition(
-    {'backbone': descent(1.0), 'head': descent(opt_cfg.head_lr_mult), 'aaf': ascent}, param_labels
+    {'backbone': descent(1.0), 'head': descent(opt_cfg.head_lr_mult), 'aaf': aaf}, param_labels
   )

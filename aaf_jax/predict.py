@@ -181,7 +181,7 @@ def restore_network(config, workdir: str):
   model = models.build_model(
     config.model, num_classes=len(class_names), dtype=COMPUTE_DTYPES[config.compute_dtype]
   )
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  tx = optim.make_optimizer(config.optimizer, config.num_train_steps, config.loss.tables)
   init = init_state_fn(model, tx, config, len(class_names), config.data.crop_size)
   rng = jax.random.key(config.seed)
   state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), jax.eval_shape(init, rng))

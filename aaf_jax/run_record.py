@@ -35,6 +35,14 @@ RESUMABLE_FIELDS = (
   'model.dilated_conv',  # how a dilated conv computes, not what: same function, same params
 )
 
+# Fields added after runs were recorded, with the value a record without them means (the
+# behaviour before the field existed). At that value a field is left out of the fingerprint, so
+# results, checkpoints and sweeps written before it still match; a record that lacks it compares
+# as that value.
+ADDED_FIELDS = {
+  'loss.tables': 'adversarial',  # the AAF tables were always trained by gradient ascent
+}
+
 _PACKAGES = (
   'jax',
   'jaxlib',
@@ -68,7 +76,11 @@ def flatten(config) -> dict:
 
 def fingerprint(config) -> str:
   """A digest of every field that can change the trained weights or the scores."""
-  relevant = {k: v for k, v in flatten(config).items() if k not in RESUMABLE_FIELDS}
+  relevant = {
+    k: v
+    for k, v in flatten(config).items()
+    if k not in RESUMABLE_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
+  }
   return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -76,8 +88,10 @@ def differences(saved: dict, current: dict, fields=None) -> list[str]:
   """'config.FIELD: checkpoint A, config B' for every differing field of two flat configs.
 
   `fields`: the dotted paths (or prefixes ending in '.') to compare; default every field but
-  the resumable ones.
+  the resumable ones. A field of ADDED_FIELDS absent from either compares as its old value.
   """
+  saved = {**ADDED_FIELDS, **saved}
+  current = {**ADDED_FIELDS, **current}
 
   def compared(key):
     if fields is None:

@@ -70,7 +70,7 @@ def setup(config) -> Setup:
   model = models.build_model(
     config.model, num_classes=info.num_classes, dtype=COMPUTE_DTYPES[config.compute_dtype]
   )
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+  tx = optim.make_optimizer(config.optimizer, config.num_train_steps, config.loss.tables)
   init = init_state_fn(model, tx, config, info.num_classes, config.data.crop_size)
   state_sharding = jax.tree.map(
     lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.key(config.seed))

@@ -14,6 +14,10 @@ from collections.abc import Callable, Mapping
 from aaf_jax import errors, loss_kinds, presets
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')
+# config.loss.tables: how the AAF field-size tables learn (aaf_jax/optim.py TABLE_UPDATES):
+# 'adversarial' by gradient ascent (the paper's min-max), 'descent' with the network (min-min),
+# 'uniform' never (equal weights over the sizes).
+TABLE_MODES = ('adversarial', 'descent', 'uniform')
 
 
 class ConfigError(errors.UserError):
@@ -125,6 +129,7 @@ SCHEMA = {
     'lambda_nonedge': number(0),
     'decay': boolean(),
     'implementation': choice(loss_kinds.IMPLEMENTATIONS),
+    'tables': choice(TABLE_MODES),
   },
   'eval': {
     'window': integer(0),
@@ -250,6 +255,11 @@ def _check_relations(config) -> None:
     fail(
       f'config.loss.sizes={sizes}: loss kind {kind.name!r} takes at most {kind.max_sizes} '
       "size(s) (use kind 'aaf' to learn among several)."
+    )
+  if not kind.learns_tables and config.loss.tables != TABLE_MODES[0]:
+    fail(
+      f'config.loss.tables={config.loss.tables!r}: loss kind {kind.name!r} has no field-size '
+      f"tables; expected {TABLE_MODES[0]!r} (the default) or loss kind 'aaf'."
     )
   if config.batch_size % config.grad_accum_steps:
     fail(

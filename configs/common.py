@@ -46,6 +46,16 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(result)
 
 
+def set_fields(config, overrides: dict) -> None:
+  """Sets each dotted field of `overrides` ({'data.eval_split': 'shifted'}) in `config`."""
+  for field, value in overrides.items():
+    node = config
+    *parents, leaf = field.split('.')
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+
+
 def base_config(
   loss_kind: str = 'aaf', model_preset: str = 'pspnet_resnet101'
 ) -> ml_collections.ConfigDict:
@@ -68,6 +78,9 @@ def base_config(
   # decay: scale the affinity term by 10 ** (-step / num_train_steps) (spec item 10).
   # implementation: how the pair sums are computed, 'xla' (jnp ops) or 'pallas' (the fused
   # kernels of aaf_jax/affinity_pallas.py; see the README for which runs where).
+  # tables: how kind 'aaf' learns its per-class field-size tables (aaf_jax/optim.py):
+  # 'adversarial' (gradient ascent, the paper's min-max), 'descent' (min-min with the network)
+  # or 'uniform' (never trained: equal weights over the sizes). Other kinds keep the default.
   c.loss = ml_collections.ConfigDict(
     dict(
       kind=kind.name,
@@ -77,6 +90,7 @@ def base_config(
       lambda_nonedge=1.0,
       decay=True,
       implementation='xla',
+      tables='adversarial',
     )
   )
 

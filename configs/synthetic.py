@@ -15,15 +15,30 @@ quoted over, took 72 minutes on 2 CPU cores as two one-core shards (docs/results
 
     python launch.py --config=configs/synthetic.py:multiscale --mode=sweep --seeds=10 \
         --baseline='loss.kind=ce' --workdir=DIR
+
+`shifted`: evaluation on the appearance-shifted set (split 'shifted' of aaf_jax/data/synthetic.py:
+the validation scenes, same labels, another look), scores in RUN/eval-synthetic-shifted.json:
+
+    python launch.py --config=configs/synthetic.py:multiscale,shifted --mode=eval --workdir=RUN
 """
 
 from configs import common
 
 
-def get_config(arg=None):
-  args = common.parse_arg(
-    arg, loss='aaf', steps=0, batch=8, data_dir='~/tensorflow_datasets', multiscale=False
+def _args(arg):
+  return common.parse_arg(
+    arg,
+    loss='aaf',
+    steps=0,
+    batch=8,
+    data_dir='~/tensorflow_datasets',
+    multiscale=False,
+    shifted=False,
   )
+
+
+def get_config(arg=None):
+  args = _args(arg)
   if args.steps == 0:  # not given: each set's own schedule
     args.steps = MULTISCALE_STEPS if args.multiscale else MAIN_STEPS
   config = common.base_config(args.loss, 'pspnet_tiny')
@@ -64,8 +79,17 @@ def get_config(arg=None):
   if args.multiscale:
     config.data.synthetic.layout = 'multiscale'
     config.data.synthetic.max_objects = 5
+  if args.shifted:
+    common.set_fields(config, get_eval_sets()['shifted'])
   config.lock()
   return config
+
+
+def get_eval_sets(arg=None) -> dict:
+  """Extra evaluation sets of a trained run: {name: {config field: value}}, the overrides that
+  turn its config into that evaluation (`shifted` above is the same)."""
+  del arg  # the same sets whatever the set-up
+  return {'shifted': {'data.eval_split': 'shifted'}}
 
 
 # The main job's schedule. At 6000 steps the solid classes (disc, box, triangle) were learned or
@@ -90,6 +114,6 @@ ABLATION = [
 def get_sweep(arg=None):
   """`--mode=sweep` without --sweep: the three loss kinds, each at its default sizes; with
   `multiscale`, the paper's ablation (ABLATION: ce, affinity 3x3 / 5x5 / 7x7, aaf)."""
-  if common.parse_arg(arg, loss='aaf', steps=0, batch=8, data_dir='', multiscale=False).multiscale:
+  if _args(arg).multiscale:
     return {'loss.kind,loss.sizes': ABLATION}
   return {'loss.kind': ['ce', 'affinity', 'aaf']}

@@ -1,5 +1,6 @@
 """Config arguments and overrides: typos are errors, not silently ignored."""
 
+import json
 import os
 import subprocess
 import sys
@@ -143,3 +144,55 @@ def test_compare_losses_pairs_every_loss_with_ce(tmp_path, monkeypatch, capsys):
   assert baseline == {'loss.kind': 'ce'}
   assert sorted({o['loss.kind'] for o in overrides}) == ['aaf', 'affinity', 'ce']
   assert len(overrides) == 6 and 'the table' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+  'module,base,name',
+  [
+    ('synthetic', 'multiscale', 'shifted'),
+    ('synthetic', 'ce', 'shifted'),
+    ('cityscapes', 'aaf', 'gta5'),
+  ],
+)
+def test_an_eval_set_argument_changes_exactly_its_fields(module, base, name):
+  """`configs/FILE.py:BASE,NAME` is BASE's config with get_eval_sets()[NAME]'s fields set, and
+  nothing else: the extra evaluation of a trained run (--mode=eval, or a sweep's --eval_sets)."""
+  import importlib
+
+  from aaf_jax import run_record
+
+  config_file = importlib.import_module(f'configs.{module}')
+  overrides = config_file.get_eval_sets()[name]
+  trained = run_record.flatten(config_file.get_config(base))
+  evaluated = run_record.flatten(config_file.get_config(f'{base},{name}'))
+  changed = {k: evaluated[k] for k in evaluated if evaluated[k] != trained[k]}
+  assert changed == {k: json.loads(json.dumps(v)) for k, v in overrides.items()}
+  assert set(evaluated) == set(trained)
+
+
+def test_the_eval_sets_are_the_shifted_split_and_gta5():
+  from configs import cityscapes
+
+  assert synthetic.get_eval_sets() == {'shifted': {'data.eval_split': 'shifted'}}
+  assert synthetic.get_eval_sets('multiscale') == synthetic.get_eval_sets()
+  # The values the `gta5` argument set before get_eval_sets existed.
+  assert cityscapes.get_eval_sets() == {
+    'gta5': {'data.name': 'gta5', 'data.eval_split': 'full', 'data.eval_size': (1052, 1914)}
+  }
+
+
+def test_the_table_modes_sweep_like_any_field(tmp_path):
+  from aaf_jax import sweep
+
+  base = synthetic.get_config('multiscale')
+  runs = sweep.plan(base, str(tmp_path), ["loss.tables=['descent', 'uniform']"], 2)
+  assert [(r.config.loss.tables, r.seed) for r in runs] == [
+    ('descent', 0),
+    ('descent', 1),
+    ('uniform', 0),
+    ('uniform', 1),
+  ]
+  assert os.path.basename(runs[0].workdir) == 'loss.tables=descent,seed=0'
+  assert all(r.config.loss.kind == 'aaf' for r in runs)
+  with pytest.raises(sweep.SweepError, match=r"config.loss.tables='descent': loss kind 'ce'"):
+    sweep.plan(synthetic.get_config('ce'), str(tmp_path), ["loss.tables=['descent']"], 1)

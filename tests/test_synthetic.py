@@ -307,3 +307,113 @@ def test_get_builder_passes_the_layout_down_to_the_prepared_data(tmp_path):
     index = int(example['name'].decode().rpartition('_')[2])
     expected = synthetic.draw_example(options(**SMALL, layout='multiscale'), 'train', index)[1]
     np.testing.assert_array_equal(np.asarray(example['label'])[..., 0], expected)
+
+
+# Split 'shifted': the validation scenes with another look (issue 29). Its definition was fixed,
+# and these digests taken, before any model was evaluated on it.
+MAIN_JOB = dict(image_size=64, max_objects=4, noise_std=8.0, thin_width=5.0)
+MULTISCALE = dict(MAIN_JOB, layout='multiscale', max_objects=5)
+
+
+def test_existing_splits_keep_their_bytes():
+  """Train and validation of the main job and of the multiscale set, as drawn at 33d5424
+  (before split 'shifted'): the data every existing result was measured on."""
+  expected = {
+    ('main', 'train'): '3db4db10209b8b915081c7125ebe51d693a72e09',
+    ('main', 'validation'): 'ab934e205bdce33a5de5d7b1a51d552bfac27673',
+    ('multiscale', 'train'): 'fdf38a0755fed7649c320bc859bf27b649f8c0c0',
+    ('multiscale', 'validation'): 'd018adf68f1f23db36fb5aa0e56e91fd6e928ee4',
+  }
+  for (name, split), digest in expected.items():
+    given = options(**(MAIN_JOB if name == 'main' else MULTISCALE))
+    pairs = [synthetic.draw_example(given, split, i) for i in range(3)]
+    assert _digest(a for pair in pairs for a in pair) == digest, (name, split)
+
+
+def test_shifted_split_is_pinned():
+  """The first 3 shifted examples of the main job's and the multiscale set's options, as defined
+  in the commit that added the split: a change to the look would change every shifted score."""
+  expected = {
+    'main': '5559e14febe5995549c425d1566d4285902118d5',
+    'multiscale': 'f4a39bed90d669f95db83c0650f7b91b7917e105',
+  }
+  for name, digest in expected.items():
+    given = options(**(MAIN_JOB if name == 'main' else MULTISCALE))
+    pairs = [synthetic.draw_example(given, 'shifted', i) for i in range(3)]
+    assert _digest(a for pair in pairs for a in pair) == digest, name
+
+
+@pytest.mark.parametrize('layout', synthetic.LAYOUTS)
+def test_shifted_split_is_the_validation_scenes_with_the_defined_look(layout):
+  """Index for index the validation split's labels; the image is the validation scene under
+  SHIFTED_LOOK (checked without noise, where the validation image is the clean scene rounded)."""
+  for noise_std in (8.0, 0.0):
+    given = options(**{**MULTISCALE, 'layout': layout, 'noise_std': noise_std})
+    for i in range(6):
+      image, label = synthetic.draw_example(given, 'validation', i)
+      shifted_image, shifted_label = synthetic.draw_example(given, 'shifted', i)
+      np.testing.assert_array_equal(shifted_label, label)
+      assert not np.array_equal(shifted_image, image)
+      if noise_std == 0.0:
+        looked = np.clip(np.rint(synthetic.shifted_look(image.astype(np.float64))), 0, 255)
+        assert np.abs(looked - shifted_image.astype(np.float64)).max() <= 1
+        # Half the contrast (and less where blur and desaturation act), never more.
+        assert shifted_image.std() <= 0.5 * image.std() + 1
+
+
+def test_shifted_look_as_defined():
+  """Each part of SHIFTED_LOOK on images where it alone acts."""
+  grey = np.full((16, 16, 3), 200.0)
+  np.testing.assert_allclose(synthetic.shifted_look(grey), 127.5 + 0.5 * 72.5)  # contrast
+  red = np.zeros((16, 16, 3))
+  red[..., 0] = 255.0
+  luma = 0.299 * 255.0
+  expected = 127.5 + 0.5 * (luma + 0.5 * (np.array([255.0, 0.0, 0.0]) - luma) - 127.5)
+  np.testing.assert_allclose(synthetic.shifted_look(red)[8, 8], expected)  # saturation
+  step = np.zeros((16, 16, 3))
+  step[:, 8:] = 255.0
+  row = synthetic.shifted_look(step)[4, :, 0]
+  sigma = synthetic.SHIFTED_LOOK['blur_sigma']
+  taps = np.exp(-0.5 * (np.arange(-3, 4) / sigma) ** 2)  # radius 3 sigma, normalised
+  taps /= taps.sum()
+  bright = [taps[np.arange(-3, 4) + j >= 8].sum() for j in range(3, 13)]  # away from the sides
+  np.testing.assert_allclose(row[3:13], 127.5 + 0.5 * (255.0 * np.array(bright) - 127.5))
+  with pytest.raises(ValueError, match=r"split 'test' does not exist"):
+    synthetic.draw_example(options(**SMALL), 'test', 0)
+
+
+def test_prepared_data_has_the_shifted_split_and_an_older_copy_does_not_break_a_run(
+  tmp_path, monkeypatch
+):
+  """A copy prepared before split 'shifted' (version 2.1.0: train and validation only) stays as
+  it is; the current code prepares its own version beside it, with the same train and
+  validation records."""
+  old_generators = synthetic.SyntheticShapes._split_generators
+
+  def without_shifted(self, dl_manager):
+    generators = old_generators(self, dl_manager)
+    del generators['shifted']
+    return generators
+
+  with monkeypatch.context() as patch:
+    patch.setattr(synthetic.SyntheticShapes, 'VERSION', tfds.core.Version('2.1.0'))
+    patch.setattr(synthetic.SyntheticShapes, '_split_generators', without_shifted)
+    old = data.get_builder(make_cfg(tmp_path, **SMALL))
+    assert sorted(old.info.splits) == ['train', 'validation'] and old.data_dir.endswith('2.1.0')
+  new = data.get_builder(make_cfg(tmp_path, **SMALL))
+  assert new.data_dir.endswith('2.2.0') and sorted(new.info.splits) == [
+    'shifted',
+    'train',
+    'validation',
+  ]
+  for split in ('train', 'validation'):
+    assert raw_records(new, split) == raw_records(old, split)
+  shifted = new.as_data_source('shifted')
+  validation = new.as_data_source('validation')
+  assert len(shifted) == len(validation) == SMALL['num_validation']
+  for i in range(len(shifted)):
+    index = int(shifted[i]['name'].decode().rpartition('_')[2])
+    match = [
+      j for j in range(len(validation)) if validation[j]['name'].decode().endswith(f'_{index:06d}')
+    ]
+    np.testing.assert_array_equal(shifted[i]['label'], validation[match[0]]['label'])

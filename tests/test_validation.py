@@ -72,6 +72,11 @@ def _paths(tree, prefix=''):
       'triton',
       r"config.loss.implementation='triton': expected one of \('xla', 'pallas'\)",
     ),
+    (
+      'loss.tables',
+      'ascent',
+      r"config.loss.tables='ascent': expected one of \('adversarial', 'descent', 'uniform'\)",
+    ),
     ('data.eval_size', (72,), r'config.data.eval_size=\(72,\): expected a tuple of 2'),
     ('data.eval_size', 'big', r"config.data.eval_size='big'"),
     ('data.mean', (1.0, 2.0), r'config.data.mean'),
@@ -112,6 +117,15 @@ def test_each_field_is_checked(field, value, expected):
   'overrides,expected',
   [
     ({'loss.kind': 'affinity', 'loss.sizes': (1, 2)}, r"kind 'affinity' takes at most 1"),
+    # Only 'aaf' has tables: another mode on ce or affinity would record a run that is not one.
+    (
+      {'loss.kind': 'ce', 'loss.tables': 'descent'},
+      r"config.loss.tables='descent': loss kind 'ce'",
+    ),
+    (
+      {'loss.kind': 'affinity', 'loss.sizes': (1,), 'loss.tables': 'uniform'},
+      r"config.loss.tables='uniform': loss kind 'affinity' has no field-size tables",
+    ),
     ({'batch_size': 8, 'grad_accum_steps': 3}, r'config.batch_size=8 must be a multiple'),
     ({'data.min_scale': 2.0, 'data.max_scale': 1.0}, r'min_scale <= max_scale'),
     ({'eval.window': 32, 'eval.stride': 0}, r'config.eval.stride=0: .*expected 1..32'),
@@ -234,3 +248,42 @@ def test_the_loss_implementation_may_change_on_resume():
   )
   assert run_record.differences({}, {'loss.implementation': 'xla'}) == []  # older checkpoints
   assert run_record.differences({'loss.margin': 3.0}, {'loss.margin': 2.0})  # others still count
+
+
+def test_every_table_mode_is_accepted_for_aaf_and_the_default_for_every_kind():
+  from aaf_jax import optim
+
+  assert validation.TABLE_MODES == tuple(optim.TABLE_UPDATES)
+  assert synthetic.get_config().loss.tables == 'adversarial'
+  for mode in validation.TABLE_MODES:
+    validation.validate(_with(synthetic.get_config('aaf'), **{'loss.tables': mode}))
+  for kind in ('ce', 'affinity'):
+    validation.validate(synthetic.get_config(kind))  # the default is fine for every kind
+
+
+def test_records_written_before_loss_tables_match_the_default_mode():
+  """Workdirs, checkpoints and results of the code before config.loss.tables have no such
+  field: they are runs of 'adversarial' (the tables always ascended), so they resume, count as
+  finished in a sweep and evaluate; against another mode they are refused by name."""
+  from aaf_jax import checkpoint, run_record
+
+  config = synthetic.get_config('aaf')
+  old = config.to_dict()
+  del old['loss']['tables']
+  old_flat = run_record.flatten(old)
+  assert 'loss.tables' not in old_flat
+  # The fingerprint (results.json, checkpoint meta, a sweep's finished check) is unchanged...
+  assert run_record.fingerprint(old) == run_record.fingerprint(config)
+  # ...for the default mode only.
+  for mode in ('descent', 'uniform'):
+    other = _with(config, **{'loss.tables': mode})
+    assert run_record.fingerprint(other) != run_record.fingerprint(config)
+    assert run_record.differences(old_flat, run_record.flatten(other)) == [
+      f"config.loss.tables: checkpoint 'adversarial', config {mode!r}"
+    ]
+  assert run_record.differences(old_flat, run_record.flatten(config)) == []
+  meta = {'config': old_flat, 'fingerprint': run_record.fingerprint(old), 'num_classes': 7}
+  checkpoint.check_meta(meta, config, 7, 'old workdir')  # resuming
+  checkpoint.check_meta(meta, config, 7, 'old workdir', network_only=True)  # evaluating
+  with pytest.raises(checkpoint.ConfigMismatchError, match=r"config.loss.tables: checkpoint 'adv"):
+    checkpoint.check_meta(meta, _with(config, **{'loss.tables': 'descent'}), 7, 'old workdir')

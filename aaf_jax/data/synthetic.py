@@ -16,6 +16,13 @@ surface as in 'shapes'; large objects drawn first so that smaller ones lie on an
 
 Every example is a pure function of (options, split, index), so generation is order-free and
 repeatable: the same options give byte-identical data.
+
+Split 'shifted' (SHIFTED_LOOK) is the appearance-shifted evaluation set: example i is the scene of
+validation example i (the same label map, objects and paint) seen through another camera: colours
+half as saturated, contrast halved about mid-grey, a Gaussian blur of sigma 1 px, then the
+validation example's own sensor noise. Labels equal the validation split's index for index, so
+scores on the two pair image by image; only the look differs. Fixed before any model was
+evaluated on it (issue 29) and pinned by a digest in tests/test_synthetic.py.
 """
 
 import dataclasses
@@ -31,6 +38,14 @@ CLASS_NAMES = ('background', 'disc', 'box', 'triangle', 'ring', 'bar', 'star')
 IGNORE_LABEL = 255
 _SOLID = (1, 2, 3)  # disc, box, triangle: the classes that may get a void band
 _SPLIT_CODES = {'train': 0, 'validation': 1}
+# Splits that show the scenes of another split with another look: split -> the split it re-shows.
+SHIFTED_SPLITS = {'shifted': 'validation'}
+SPLITS = (*_SPLIT_CODES, *SHIFTED_SPLITS)
+# The look of split 'shifted', applied to the clean rendering before the sensor noise: each
+# pixel moved toward its luma (ITU-R BT.601) by 1 - saturation, then toward mid-grey by
+# 1 - contrast, then blurred by a Gaussian of `blur_sigma` px (edges mirrored).
+SHIFTED_LOOK = {'saturation': 0.5, 'contrast': 0.5, 'blur_sigma': 1.0}
+_LUMA = np.array([0.299, 0.587, 0.114])
 LAYOUTS = ('shapes', 'multiscale')
 # layout 'multiscale': each class's radius as a fraction of the image side (strokes keep
 # thin_width), and the order of drawing (larger first).
@@ -224,16 +239,44 @@ def _shape_mask(
   raise ValueError(f'no shape for class {cls}')
 
 
+def _gaussian_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+  """[H,W,3] image blurred by a separable Gaussian of `sigma` px (radius 3 sigma, mirrored)."""
+  radius = max(1, int(np.ceil(3 * sigma)))
+  taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+  taps /= taps.sum()
+  for axis in (0, 1):
+    pad = [(0, 0)] * image.ndim
+    pad[axis] = (radius, radius)
+    padded = np.pad(image, pad, mode='reflect')
+    length = image.shape[axis]
+    image = sum(
+      w * np.take(padded, np.arange(k, k + length), axis=axis) for k, w in enumerate(taps)
+    )
+  return image
+
+
+def shifted_look(image: np.ndarray) -> np.ndarray:
+  """The look of split 'shifted' (SHIFTED_LOOK) applied to a clean [H,W,3] float rendering."""
+  luma = (image @ _LUMA)[..., None]
+  image = luma + SHIFTED_LOOK['saturation'] * (image - luma)
+  image = 127.5 + SHIFTED_LOOK['contrast'] * (image - 127.5)
+  return _gaussian_blur(image, SHIFTED_LOOK['blur_sigma'])
+
+
 def draw_example(
   options: dict, split: str, index: int, height: int | None = None, width: int | None = None
 ):
   """Draws example `index` of `split`: (image uint8 [H,W,3], label uint8 [H,W]).
 
-  `height`/`width` default to `options['image_size']` (other sizes serve stand-in data).
+  `height`/`width` default to `options['image_size']` (other sizes serve stand-in data). A split
+  of SHIFTED_SPLITS draws the scene of the split it re-shows and changes its look.
   """
+  if split not in SPLITS:
+    raise ValueError(f'Synthetic split {split!r} does not exist; expected one of {SPLITS}.')
   height = height or options['image_size']
   width = width or options['image_size']
-  rng = np.random.default_rng([options['seed'], _SPLIT_CODES[split], index])
+  scene_split = SHIFTED_SPLITS.get(split, split)
+  rng = np.random.default_rng([options['seed'], _SPLIT_CODES[scene_split], index])
   yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
   side = min(height, width)
   multiscale = options.get('layout', 'shapes') == 'multiscale'
@@ -288,6 +331,8 @@ def draw_example(
       )
       label[band] = IGNORE_LABEL
 
+  if split in SHIFTED_SPLITS:
+    image = shifted_look(image)
   image = image + rng.normal(0, options['noise_std'], size=image.shape)
   return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
 
@@ -295,11 +340,13 @@ def draw_example(
 class SyntheticShapes(base.PreparedLocally, tfds.core.GeneratorBasedBuilder):
   """Procedural shapes segmentation set (see the module docstring)."""
 
-  VERSION = tfds.core.Version('2.1.0')
+  VERSION = tfds.core.Version('2.2.0')
   RELEASE_NOTES = {
     '1.0.0': 'First release.',
     '2.0.0': 'Thin strokes of thin_width px, larger objects, no stripe or checker textures.',
     '2.1.0': "The layout option: 'multiscale' added; 'shapes' draws the bytes of 2.0.0.",
+    '2.2.0': "Split 'shifted' added (validation's scenes, another look); train and validation "
+    'are the bytes of 2.1.0.',
   }
   BUILDER_CONFIGS = [DEFAULT_CONFIG]
   CLASS_NAMES = CLASS_NAMES
@@ -326,6 +373,7 @@ class SyntheticShapes(base.PreparedLocally, tfds.core.GeneratorBasedBuilder):
     return {
       'train': self._generate_examples(options, 'train', options['num_train']),
       'validation': self._generate_examples(options, 'validation', options['num_validation']),
+      'shifted': self._generate_examples(options, 'shifted', options['num_validation']),
     }
 
   def _generate_examples(self, options, split, count):
