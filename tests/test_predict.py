@@ -161,3 +161,59 @@ def test_launch_predict_end_to_end(tmp_path, tmp_path_factory):
     written = Image.open(tmp_path / 'out' / f'{stem}.png')
     assert written.size == (image.shape[1], image.shape[0])
     assert set(np.unique(np.asarray(written))) <= set(range(7))
+
+
+@pytest.mark.slow
+def test_inference_has_zero_overhead_whatever_the_training_loss(
+  tmp_path, tmp_path_factory, monkeypatch
+):
+  """The paper's 'zero overhead during inference' (issue 29 item 5): networks trained with 'aaf'
+  and with 'ce' (configs differing in loss.kind alone) are evaluated (--mode=eval) and applied
+  (--mode=predict) by the same program, lowered to the same text, from the same variables; the
+  AAF tables, trained and saved in the aaf run's checkpoints, are neither loaded nor used."""
+  import jax.numpy as jnp
+  from tiny import tiny_config
+
+  from aaf_jax import train
+
+  class Captured(Exception):
+    """Stops --mode=eval where its eval step meets the restored variables."""
+
+  def capture(eval_step, variables, *args, **kwargs):
+    raise Captured(eval_step, variables)
+
+  data_dir = str(tmp_path_factory.mktemp('tfds'))
+  batch = {
+    'image': jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32),
+    'label': jax.ShapeDtypeStruct((8, 32, 32), jnp.int32),
+    'valid': jax.ShapeDtypeStruct((8,), jnp.bool_),
+    'size': jax.ShapeDtypeStruct((8, 2), jnp.int32),
+  }
+  image, sizes = np.zeros((1, 32, 32, 3), np.float32), np.array([[32, 32]], np.int32)
+  programs, variables = {}, {}
+  for loss in ('ce', 'aaf'):
+    config = tiny_config(data_dir, loss)
+    workdir = str(tmp_path / loss)
+    results = train.train_and_evaluate(config, workdir)
+    if loss == 'aaf':  # the tables were trained: they left their zero start
+      weights = np.array(list(results['field_size_weights']['edge'].values()))
+      assert np.abs(weights - 1 / 3).max() > 1e-6
+    with monkeypatch.context() as patch, pytest.raises(Captured) as got:
+      patch.setattr(evaluate, 'run_evaluation', capture)  # --mode=eval up to its first batch
+      train.evaluate_checkpoint(config, workdir)
+    eval_step, variables[loss, 'eval'] = got.value.args
+    programs[loss, 'eval'] = eval_step.step.lower(variables[loss, 'eval'], batch).as_text()
+    model, variables[loss, 'predict'], names = predict.restore_network(config, workdir)
+    predictor = predict.Predictor(
+      model, variables[loss, 'predict'], len(names), config.data.mean, config.eval.to_dict()
+    )
+    lowered = predictor._classes.lower(variables[loss, 'predict'], image, sizes)
+    programs[loss, 'predict'] = lowered.as_text()
+  for mode in ('eval', 'predict'):
+    assert programs['aaf', mode] == programs['ce', mode], mode
+    ce, aaf = variables['ce', mode], variables['aaf', mode]
+    assert set(aaf) == {'params', 'batch_stats'}
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(aaf)]
+    assert not any('aaf' in p or 'logits' in p for p in paths), mode
+    assert jax.tree.structure(aaf) == jax.tree.structure(ce)
+    assert [x.shape for x in jax.tree.leaves(aaf)] == [x.shape for x in jax.tree.leaves(ce)]
