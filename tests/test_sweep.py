@@ -145,8 +145,8 @@ def test_a_changed_config_is_not_taken_as_finished(tmp_path):
   longer = sweep.plan(
     tiny_config(str(tmp_path), num_train_steps=9), str(tmp_path), ['loss.margin=[1.0]'], 1
   )
-  assert sweep.status(runs[0])['status'] == 'finished'
-  assert sweep.status(longer[0])['status'] == 'pending'
+  assert sweep.run_status(runs[0])['status'] == 'finished'
+  assert sweep.run_status(longer[0])['status'] == 'pending'
 
 
 def test_shards_split_the_runs_and_the_last_writes_the_summary(tmp_path):
@@ -156,7 +156,7 @@ def test_shards_split_the_runs_and_the_last_writes_the_summary(tmp_path):
   sweep.run_sweep(runs, str(tmp_path), shard=(0, 2), train_fn=_fake_train(scores, first))
   assert first == [runs[0].workdir, runs[2].workdir]
   assert not (tmp_path / 'summary.json').exists()
-  assert sweep.status(runs[1])['status'] == 'pending'
+  assert sweep.run_status(runs[1])['status'] == 'pending'
   sweep.run_sweep(runs, str(tmp_path), shard=(1, 2), train_fn=_fake_train(scores, second))
   assert second == [runs[1].workdir, runs[3].workdir]
   summary = json.loads((tmp_path / 'summary.json').read_text())
