@@ -53,7 +53,7 @@ def point_name(overrides: dict) -> str:
 
 def evaluation_file(config) -> str:
   """The file `--mode=eval` writes into a run's workdir for `config`: eval-DATASET-SPLIT.json
-  (train.eval_results_path; tests/test_sweep.py checks the two agree)."""
+  (train.eval_results_path; tests/test_sweep_eval_sets.py checks the two agree)."""
   return f'eval-{config.data.name}-{config.data.eval_split}.json'
 
 
