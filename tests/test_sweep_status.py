@@ -193,3 +193,16 @@ def test_a_running_sweep_is_seen_running_and_logs_which_run_it_is_on(tmp_path, c
   messages = [r.getMessage() for r in caplog.records]
   assert 'Sweep: run 1 of 2: loss.margin=1.0,seed=0' in messages
   assert 'Sweep: run 2 of 2: loss.margin=2.0,seed=0' in messages
+
+
+def test_a_run_with_a_live_marker_is_named_when_trained_again(tmp_path, caplog):
+  workdir = str(tmp_path / 'sweep')
+  (run,) = sweep.plan(tiny_config(str(tmp_path / 'tfds')), workdir, ['loss.margin=[1.0]'], 1)
+  fingerprint = run_record.fingerprint(run.config)
+  _write(os.path.join(run.workdir, 'running.json'), _marker(os.getpid(), time.time(), fingerprint))
+  with caplog.at_level(logging.WARNING):
+    sweep.run_sweep([run], workdir, train_fn=lambda config, run_workdir: None)
+  assert f'Sweep: {run.workdir} has a live marker (pid {os.getpid()} on {HOST}); two processes' in (
+    caplog.text
+  )
+  assert not os.path.exists(os.path.join(run.workdir, 'running.json'))

@@ -67,6 +67,14 @@ def run_sweep(
   started = time.time()
   for done, run in enumerate(todo, 1):
     logging.info('Sweep: run %d of %d: %s', run.index + 1, len(runs), os.path.basename(run.workdir))
+    found = status.run_status(run)
+    if found['status'] == 'running':  # the same sweep started twice, say
+      logging.warning(
+        'Sweep: %s has a live marker (pid %s on %s); two processes now train it.',
+        run.workdir,
+        found['marker'].get('pid'),
+        found['marker'].get('host'),
+      )
     failed_path = os.path.join(run.workdir, status.FAILED)
     if os.path.exists(failed_path):
       os.remove(failed_path)
