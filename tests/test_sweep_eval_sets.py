@@ -11,7 +11,7 @@ from launching import TINY_FLAGS, launch_command
 from tiny import tiny_config
 
 from aaf_jax import run_record, sweep
-from aaf_jax.sweep import grid
+from aaf_jax.sweep import grid, status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -218,6 +218,9 @@ def test_a_failed_evaluation_is_logged_and_the_sweep_goes_on(tmp_path):
   part = json.load(open(os.path.join(workdir, 'summary.json')))['eval_sets']['train']
   assert part['groups'][1]['seeds'] == [0]
   assert [r['status'] for r in part['runs']] == ['finished'] * 3 + ['not evaluated']
+  lines = status.report(workdir)  # the status command shows each set's score or its absence
+  assert lines[2] == '  seed=0  finished: mIoU 50.00%; train: mIoU 60.00%'
+  assert lines[6] == '  seed=1  finished: mIoU 66.00%; train: not evaluated'
   evaluated.clear()  # the next invocation tries the missing one again
   sweep.run_sweep(runs, workdir, train_fn=_fake_train([]), evaluate_fn=_fake_evaluate(evaluated))
   assert evaluated == [(os.path.basename(runs[3].workdir), 'train')]

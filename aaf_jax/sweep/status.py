@@ -258,7 +258,10 @@ def main(argv=None) -> int:
   except errors.UserError as e:
     print(f'error: {errors.one_line(str(e))}', file=sys.stderr)
     return 2
-  print('\n'.join(lines))
+  try:
+    print('\n'.join(lines), flush=True)
+  except BrokenPipeError:  # `| head`: the reader has what it wanted
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
   return 0
 
 
