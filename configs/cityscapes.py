@@ -6,9 +6,6 @@
     # train ids), the config's inference, scores in /runs/cs/eval-gta5-full.json
     python launch.py --config=configs/cityscapes.py:aaf,gta5 --workdir=/runs/cs --mode=eval \
         --config.data.manual_dir=/data/gta5
-    # a sweep whose every run is also evaluated on GTA5 (a table per set in summary.md)
-    python launch.py --mode=sweep --config=configs/cityscapes.py:aaf,gta5_dir=/data/gta5 \
-        --config.data.manual_dir=/data/cityscapes --workdir=/runs/sweep --eval_sets=gta5 ...
 
 The recipe's batch of 8 ran on 4 GPUs with synchronised BatchNorm; here BatchNorm statistics
 are over the global batch on however many devices the run has.
@@ -16,13 +13,9 @@ are over the global batch on however many devices the run has.
 
 from configs import common
 
-# Evaluation on every GTA5 image (labels mapped to the 19 train ids), the largest 1052x1914:
-# `:gta5` for --mode=eval, the evaluation set `gta5` for a sweep.
-GTA5 = {'data.name': 'gta5', 'data.eval_split': 'full', 'data.eval_size': (1052, 1914)}
 
-
-def _args(arg):
-  return common.parse_arg(
+def get_config(arg=None):
+  args = common.parse_arg(
     arg,
     loss='aaf',
     pretrained='pretrained/resnet_v1_101.msgpack',
@@ -31,12 +24,7 @@ def _args(arg):
     steps=90_000,
     dtype='float32',
     gta5=False,
-    gta5_dir='',
   )
-
-
-def get_config(arg=None):
-  args = _args(arg)
   config = common.paper_config(args)
   config.optimizer.learning_rate = 1e-3
   config.eval_every_steps = 30_000
@@ -53,14 +41,8 @@ def get_config(arg=None):
   config.data.train_split, config.data.eval_split = 'train', 'val'
   config.data.crop_size = 720
   config.data.eval_size = (1024, 2048)
-  if args.gta5:
-    for field, value in GTA5.items():
-      config.data[field.partition('.')[2]] = value
+  if args.gta5:  # evaluation on every GTA5 image (--mode=eval), the largest 1052x1914
+    config.data.name, config.data.eval_split = 'gta5', 'full'
+    config.data.eval_size = (1052, 1914)
   config.lock()
   return config
-
-
-def get_eval_sets(arg=None):
-  """`--mode=sweep --eval_sets=gta5`: every run also evaluated on GTA5 (prepared in data_dir,
-  or from the extracted archives in `gta5_dir=`)."""
-  return {'gta5': {**GTA5, 'data.manual_dir': _args(arg).gta5_dir}}

@@ -268,33 +268,3 @@ def test_a_real_sweep_evaluates_each_run_on_a_set_that_differs_in_one_field(tmp_
     if p.stat().st_mtime > before
   ]
   assert not changed, changed
-
-
-def test_the_cityscapes_config_evaluates_a_sweep_on_gta5(tmp_path):
-  """configs/cityscapes.py's set `gta5` is what `:gta5` evaluates, and the sweep checks its
-  manual folder (gta5_dir=) before the first run."""
-  from aaf_jax.data import cityscapes as cityscapes_data
-  from aaf_jax.sweep import checks
-
-  spec = os.path.join(ROOT, 'configs', 'cityscapes.py')
-  manual = tmp_path / 'cityscapes'
-  for path in cityscapes_data.CityscapesFine.REQUIRED:
-    (manual / path).mkdir(parents=True)
-  args = f'aaf,pretrained=,data_dir={tmp_path / "tfds"},gta5_dir={tmp_path / "gta5"}'
-  config = grid._config_module(f'{spec}:{args}')[0].get_config(args)
-  config.data.manual_dir = str(manual)
-  sets = sweep.eval_sets(f'{spec}:{args}', ['gta5'])
-  workdir = str(tmp_path / 'sweep')
-  runs = sweep.plan(config, workdir, ['loss.margin=[1.0]'], 1, sets)
-  gta5 = runs[0].evaluations['gta5']
-  reference = grid._config_module(spec)[0].get_config('aaf,gta5')
-  assert (gta5.data.name, gta5.data.eval_split, gta5.data.eval_size) == (
-    reference.data.name,
-    reference.data.eval_split,
-    reference.data.eval_size,
-  )
-  with pytest.raises(checks.SweepCheckError, match=r'evaluation set gta5: config.data.manual_dir='):
-    sweep.run_sweep(runs, workdir, train_fn=None)
-  for path in ('images', 'labels'):
-    (tmp_path / 'gta5' / path).mkdir(parents=True)
-  checks.check_runs(runs, workdir)  # every folder there: the sweep may start
