@@ -37,7 +37,7 @@ _MODE = flags.DEFINE_enum(
   'train',
   ['train', 'eval', 'sweep', 'predict'],
   'train: train then evaluate; eval: evaluate the latest checkpoint into '
-  'WORKDIR/eval-DATASET-SPLIT.json; sweep: train every run of a grid (see aaf_jax/sweep.py); '
+  'WORKDIR/eval-DATASET-SPLIT.json; sweep: train every run of a grid (see aaf_jax/sweep/); '
   'predict: segment the images of --input with the latest checkpoint into --output.',
 )
 _INPUT = flags.DEFINE_string('input', None, '--mode=predict: a folder of images or a glob.')
@@ -49,6 +49,12 @@ _SWEEP = flags.DEFINE_multi_string(
   "config file's get_sweep(arg).",
 )
 _SEEDS = flags.DEFINE_integer('seeds', 1, '--mode=sweep: seeds per grid point.')
+_EVAL_SETS = flags.DEFINE_multi_string(
+  'eval_sets',
+  [],
+  "--mode=sweep: evaluation sets of the config file's get_eval_sets(arg) to evaluate every run "
+  'on, e.g. shifted (repeat or separate by commas); the summary gets a table per set.',
+)
 _SHARD = flags.DEFINE_string('shard', '0/1', '--mode=sweep: I/N runs runs I, I+N, I+2N, ...')
 _SUMMARIZE = flags.DEFINE_bool(
   'summarize', False, '--mode=sweep: only write the summary of the runs so far.'
@@ -176,15 +182,16 @@ def _run_sweep(config, workdir) -> None:
   """--mode=sweep: every argument checked (each run's config validated), then the runs."""
   shard = sweep.parse_shard(_SHARD.value)
   arguments = _SWEEP.value
+  spec = config_flags.get_config_filename(flags.FLAGS['config'])
   if not arguments:
-    spec = config_flags.get_config_filename(flags.FLAGS['config'])
     arguments = sweep.default_sweep(spec)
     if arguments is None:
       raise errors.UserError(
         f'--mode=sweep needs --sweep=FIELD=LIST, or a config file that names its default sweep '
         f'with get_sweep(arg); {spec!r} has none.'
       )
-  runs = sweep.plan(config, workdir, arguments, _SEEDS.value)
+  eval_sets = sweep.eval_sets(spec, _EVAL_SETS.value)
+  runs = sweep.plan(config, workdir, arguments, _SEEDS.value, eval_sets)
   baseline = None if _BASELINE.value is None else sweep.baseline_group(runs, _BASELINE.value)
   if _SUMMARIZE.value:
     sweep.write_summary(runs, workdir, baseline)
@@ -206,7 +213,6 @@ def main(argv):
   del argv  # checked by _parse_flags
   logging.get_absl_handler().addFilter(_QuietLibraries())
   try:
-    logging.info('Config:\n%s', _CONFIG.value)
     validation.validate(_CONFIG.value)  # before anything is imported or built
     if _MODE.value == 'sweep':
       if _job_requested():
@@ -216,6 +222,7 @@ def main(argv):
         )
       _run_sweep(_CONFIG.value, _WORKDIR.value)
       return
+    logging.info('Config:\n%s', _CONFIG.value)  # after the checks: a mistake is one line
     from aaf_jax import distributed  # after flag parsing: --help stays fast
 
     distributed.initialize(

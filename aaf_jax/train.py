@@ -199,7 +199,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if jax.process_index() == 0:
     jsonio.write_json_atomically(os.path.join(workdir, 'results.json'), results)
     if 'field_size_weights' in results:
-      _plot_field_sizes(workdir, results['field_size_weights'], run.info.class_names)
+      viz.plot_field_sizes(os.path.join(workdir, 'field_sizes.png'), results['field_size_weights'])
   writer.flush()
   return results
 
@@ -252,16 +252,6 @@ def field_size_weights(params, class_names, sizes) -> dict:
     weights = np.asarray(jax.device_get(jax.nn.softmax(params['aaf'][key], axis=-1)))
     out[name] = {c: [float(w) for w in row] for c, row in zip(class_names, weights)}
   return out
-
-
-def _plot_field_sizes(workdir, weights, class_names):
-  viz.plot_field_sizes(
-    os.path.join(workdir, 'field_sizes.png'),
-    class_names,
-    weights['sizes'],
-    [weights['edge'][c] for c in class_names],
-    [weights['nonedge'][c] for c in class_names],
-  )
 
 
 def _write_eval_summaries(writer, step, results, examples, config, num_classes):

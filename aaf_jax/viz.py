@@ -38,27 +38,32 @@ def side_by_side(
   return np.concatenate([rgb, colourise(label, num_classes), colourise(pred, num_classes)], 1)
 
 
-def plot_field_sizes(
-  path: str, class_names, sizes, edge_weights, nonedge_weights, note: str = ''
-) -> None:
-  """The paper's "learned kernel sizes per class" figure: stacked bars of softmax weights;
-  `note` is added to the titles (e.g. how many seeds a mean is over)."""
+def plot_field_sizes(path: str, weights: dict, note: str = '') -> None:
+  """The paper's "learned kernel sizes per class" figure: stacked bars of softmax weights.
+
+  `weights`: a run's `field_size_weights` ({'sizes': [...], 'edge': {class: [w per size]},
+  'nonedge': {...}}, as results.json and a sweep group hold them); `note` is added to the
+  titles (e.g. how many seeds a mean is over).
+  """
   import matplotlib
 
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
+  class_names, sizes = list(weights['edge']), weights['sizes']
+  edge_weights = [weights['edge'][c] for c in class_names]
+  nonedge_weights = [weights['nonedge'][c] for c in class_names]
   fig, axes = plt.subplots(1, 2, figsize=(max(6, 0.6 * len(class_names) + 3) * 2, 4), sharey=True)
   x = np.arange(len(class_names))
-  for ax, weights, title in (
+  for ax, table, title in (
     (axes[0], edge_weights, 'edge'),
     (axes[1], nonedge_weights, 'non-edge'),
   ):
-    weights = np.asarray(weights)  # [C,K]
+    table = np.asarray(table)  # [C,K]
     bottom = np.zeros(len(class_names))
     for k, size in enumerate(sizes):
-      ax.bar(x, weights[:, k], bottom=bottom, label=f'{2 * size + 1}x{2 * size + 1}')
-      bottom += weights[:, k]
+      ax.bar(x, table[:, k], bottom=bottom, label=f'{2 * size + 1}x{2 * size + 1}')
+      bottom += table[:, k]
     ax.set_xticks(x, class_names, rotation=60, ha='right')
     ax.set_title(f'learned field-size weights ({title}{", " + note if note else ""})')
     ax.set_ylim(0, 1)

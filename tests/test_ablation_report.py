@@ -1,16 +1,13 @@
-"""benchmarks/ablation_report.py on a hand-made finished sweep with known answers."""
+"""aaf_jax.sweep.ablation (the ablation report) on a hand-made finished sweep with known answers."""
 
 import json
 import os
-import sys
 
 import pytest
 from tiny import tiny_config
 
 from aaf_jax import run_record, sweep
-
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'benchmarks'))
-import ablation_report  # noqa: E402
+from aaf_jax.sweep import ablation as ablation_report
 
 GRID = (
   "loss.kind,loss.margin=[('ce', 3.0), ('affinity', 1.0), ('affinity', 2.0), ('affinity', 3.0)]"
@@ -76,3 +73,45 @@ def test_bad_names_are_errors_that_name_the_grid(summary, tmp_path, capsys):
   ablation_report.main(['--workdir', str(tmp_path), '--among', 'loss.kind=affinity'])
   assert 'Classes won:' in (tmp_path / 'ablation_report.md').read_text()
   assert 'Classes won:' in capsys.readouterr().out
+
+
+def test_the_report_of_an_evaluation_set_reads_that_set(tmp_path, capsys):
+  """With --eval_set the winners come from the set's scores: here margin 3.0 wins disc on the
+  set (the runs' own scores give it to margin 1.0)."""
+  sets = {'shifted': {'data.eval_split': 'train'}}
+  runs = sweep.plan(tiny_config(str(tmp_path)), str(tmp_path), [GRID], 3, sets)
+  flipped = {1.0: 3.0, 2.0: 2.0, 3.0: 1.0}
+  for run in runs:
+    kind, margin = run.config.loss.kind, run.config.loss.margin
+    os.makedirs(run.workdir)
+    for config, key, name in (
+      (run.config, (kind, margin), 'results.json'),
+      (run.evaluations['shifted'], (kind, flipped[margin] if kind == 'affinity' else margin),
+       'eval-synthetic-train.json'),
+    ):  # fmt: skip
+      background, disc = SCORES[key][run.seed]
+      with open(os.path.join(run.workdir, name), 'w') as f:
+        json.dump(
+          {
+            'miou': (background + disc) / 2,
+            'boundary_iou': disc / 2,
+            'pixel_acc': 0.9,
+            'per_class_iou': {'background': SCORES[(kind, margin)][run.seed][0], 'disc': disc},
+            'fingerprint': run_record.fingerprint(config),
+          },
+          f,
+        )
+  sweep.write_summary(runs, str(tmp_path))
+  ablation_report.main(['--workdir', str(tmp_path), '--among', 'loss.kind=affinity'])
+  own = (tmp_path / 'ablation_report.md').read_text()
+  assert 'kind=affinity,margin=1.0: disc; kind=affinity,margin=2.0: none; ' in own
+  args = ['--workdir', str(tmp_path), '--among', 'loss.kind=affinity', '--eval_set', 'shifted']
+  ablation_report.main(args)
+  shifted = (tmp_path / 'ablation_report-shifted.md').read_text()
+  assert (
+    'Classes won: kind=affinity,margin=1.0: none; kind=affinity,margin=2.0: none; '
+    'kind=affinity,margin=3.0: background, disc'
+  ) in shifted
+  assert (tmp_path / 'ablation_report.md').read_text() == own
+  with pytest.raises(SystemExit, match=r'--eval_set=gta5: the sweep has no such evaluation set'):
+    ablation_report.main([*args[:4], '--eval_set', 'gta5'])

@@ -122,30 +122,6 @@ def test_missing_pretrained_file_fails_at_start_up(tmp_path):
     train.train_and_evaluate(config, str(tmp_path / 'run'))
 
 
-def test_compare_losses_pairs_every_loss_with_ce(tmp_path, monkeypatch, capsys):
-  """benchmarks/compare_losses.py runs the synthetic config's sweep with ce as the baseline,
-  as the README's `launch.py --mode=sweep ... --baseline=loss.kind=ce` does."""
-  import importlib
-
-  from aaf_jax import sweep
-
-  monkeypatch.syspath_prepend(os.path.join(ROOT, 'benchmarks'))
-  compare_losses = importlib.import_module('compare_losses')
-  calls = []
-
-  def run_sweep(runs, workdir, baseline=None):
-    calls.append(([r.overrides for r in runs], baseline))
-    (tmp_path / 'summary.md').write_text('the table')
-
-  monkeypatch.setattr(sweep, 'run_sweep', run_sweep)
-  monkeypatch.setattr(sys, 'argv', ['compare_losses.py', f'--workdir={tmp_path}', '--seeds=2'])
-  compare_losses.main()
-  ((overrides, baseline),) = calls
-  assert baseline == {'loss.kind': 'ce'}
-  assert sorted({o['loss.kind'] for o in overrides}) == ['aaf', 'affinity', 'ce']
-  assert len(overrides) == 6 and 'the table' in capsys.readouterr().out
-
-
 @pytest.mark.parametrize(
   'module,base,name',
   [

@@ -51,6 +51,24 @@ def test_a_flag_mistake_is_one_line_and_status_2(tmp_path, args, expected):
   assert expected in line
 
 
+@pytest.mark.parametrize(
+  'args, expected',
+  [
+    (['--config.loss.margin=-1'], 'error: config.loss.margin=-1.0: expected a number > 0.'),
+    (
+      ['--mode=sweep', '--sweep=loss.margin=[1.0,-2.0]'],
+      "error: --sweep='loss.margin=[1.0,-2.0]': config.loss.margin=-2.0: expected a number > 0.",
+    ),
+  ],
+)
+def test_a_config_mistake_is_the_only_line_on_stderr(tmp_path, args, expected):
+  """The config is logged after it is checked, so its ~96 lines never come before the error."""
+  result = _launch(f'--config={CONFIG}', *args, f'--workdir={tmp_path / "run"}')
+  assert _error_line(result) == expected
+  assert result.stderr.strip().splitlines() == [expected]
+  assert not (tmp_path / 'run').exists()
+
+
 def test_a_missing_workdir_flag_is_named():
   assert '--workdir' in _error_line(_launch(f'--config={CONFIG}'))
 

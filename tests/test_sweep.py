@@ -145,8 +145,8 @@ def test_a_changed_config_is_not_taken_as_finished(tmp_path):
   longer = sweep.plan(
     tiny_config(str(tmp_path), num_train_steps=9), str(tmp_path), ['loss.margin=[1.0]'], 1
   )
-  assert sweep.status(runs[0])['status'] == 'finished'
-  assert sweep.status(longer[0])['status'] == 'pending'
+  assert sweep.run_status(runs[0])['status'] == 'finished'
+  assert sweep.run_status(longer[0])['status'] == 'pending'
 
 
 def test_shards_split_the_runs_and_the_last_writes_the_summary(tmp_path):
@@ -156,7 +156,7 @@ def test_shards_split_the_runs_and_the_last_writes_the_summary(tmp_path):
   sweep.run_sweep(runs, str(tmp_path), shard=(0, 2), train_fn=_fake_train(scores, first))
   assert first == [runs[0].workdir, runs[2].workdir]
   assert not (tmp_path / 'summary.json').exists()
-  assert sweep.status(runs[1])['status'] == 'pending'
+  assert sweep.run_status(runs[1])['status'] == 'pending'
   sweep.run_sweep(runs, str(tmp_path), shard=(1, 2), train_fn=_fake_train(scores, second))
   assert second == [runs[1].workdir, runs[3].workdir]
   summary = json.loads((tmp_path / 'summary.json').read_text())
@@ -472,3 +472,25 @@ def test_the_summary_averages_learned_field_sizes_over_seeds(tmp_path):
   assert weights['nonedge']['disc'] == pytest.approx([0.5, 0.25, 0.25])
   assert (tmp_path / 'summary_field_sizes,loss.margin=1.0.png').stat().st_size > 0
   assert not (tmp_path / 'summary_field_sizes,loss.margin=2.0.png').exists()
+
+
+def test_planning_checks_status_and_reports_import_no_jax(tmp_path):
+  """Only training imports jax: a summary is written on a login node's Python."""
+  scores = {(1.0, 0): (0.5, 0.3), (2.0, 0): (0.6, 0.4)}
+  _hand_made_runs(tmp_path, scores, ['loss.margin=[1.0, 2.0]'], 1)
+  code = (
+    'import sys\n'
+    'from aaf_jax.sweep import ablation, checks, grid, plots, report, run, stats, status\n'
+    'from tiny import tiny_config\n'
+    f'runs = grid.plan(tiny_config({str(tmp_path)!r}), {str(tmp_path)!r}, '
+    "['loss.margin=[1.0, 2.0]'], 1)\n"
+    f"report.write_summary(runs, {str(tmp_path)!r}, {{'loss.margin': 1.0}})\n"
+    "assert 'jax' not in sys.modules, sorted(m for m in sys.modules if m.startswith('jax'))\n"
+  )
+  env = {**os.environ, 'PYTHONPATH': os.pathsep.join([ROOT, os.path.join(ROOT, 'tests')])}
+  result = subprocess.run(
+    [sys.executable, '-c', code], capture_output=True, text=True, timeout=300, env=env
+  )
+  assert result.returncode == 0, result.stderr
+  summary = json.loads((tmp_path / 'summary.json').read_text())
+  assert summary['paired_differences'][0]['miou']['mean'] == pytest.approx(0.1)

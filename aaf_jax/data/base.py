@@ -67,6 +67,9 @@ class ManualSourceBuilder(PreparedLocally, tfds.core.GeneratorBasedBuilder, skip
   IGNORE_LABEL = IGNORE_LABEL
   # The expected folder layout, shown in MANUAL_DOWNLOAD_INSTRUCTIONS and in errors.
   LAYOUT = ''
+  # The paths under the manual folder that preparation needs: checked when preparing, and by
+  # a sweep before its first run (`missing_manual_paths`).
+  REQUIRED: tuple[str, ...] = ()
 
   def __init__(self, *, skip_bad_examples: bool = False, **kwargs):
     self._skip_bad_examples = skip_bad_examples
@@ -89,6 +92,12 @@ class ManualSourceBuilder(PreparedLocally, tfds.core.GeneratorBasedBuilder, skip
         'folder holding the extracted dataset as DownloadConfig(manual_dir=...) or '
         f'--manual_dir; it must contain:\n{self.LAYOUT}'
       ) from None
+
+  @classmethod
+  def missing_manual_paths(cls, manual_dir) -> list[str]:
+    """The REQUIRED paths absent under `manual_dir` (a quick look, no file is read)."""
+    root = epath.Path(manual_dir)
+    return [p for p in cls.REQUIRED if not (root / p).exists()]
 
   def _require(self, root: epath.Path, relpaths: Sequence[str]) -> None:
     """Raises FileNotFoundError listing every required path absent under root."""

@@ -114,6 +114,7 @@ class CityscapesFine(LabelIdBuilder):
   }
   MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract Cityscapes into the manual folder:\n{_LAYOUT}'
   LAYOUT = _LAYOUT
+  REQUIRED = tuple(f'{top}/{s}' for top in ('leftImg8bit', 'gtFine') for s in SPLITS)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -130,7 +131,7 @@ class CityscapesFine(LabelIdBuilder):
 
   def _split_generators(self, dl_manager):
     root = self._manual_root(dl_manager)
-    self._require(root, [f'{top}/{s}' for top in ('leftImg8bit', 'gtFine') for s in SPLITS])
+    self._require(root, self.REQUIRED)
     return {split: self._generate_examples(split, self._pairs(root, split)) for split in SPLITS}
 
   def _example(self, pair: tuple[epath.Path, epath.Path]) -> dict:

@@ -33,6 +33,7 @@ class Gta5(cityscapes.LabelIdBuilder):
   RELEASE_NOTES = {'1.0.0': 'Labels mapped to the 19 Cityscapes train ids.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract GTA5 into the manual folder:\n{_LAYOUT}'
   LAYOUT = _LAYOUT
+  REQUIRED = ('images', 'labels')
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
@@ -45,7 +46,7 @@ class Gta5(cityscapes.LabelIdBuilder):
 
   def _split_generators(self, dl_manager):
     root = self._manual_root(dl_manager)
-    self._require(root, ['images', 'labels'])
+    self._require(root, self.REQUIRED)
     images, labels = root / 'images', root / 'labels'
     split_file = root / 'split.mat'
     if not split_file.exists():

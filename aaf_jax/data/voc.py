@@ -21,6 +21,7 @@ from aaf_jax.data import base
 
 _VOC = 'VOCdevkit/VOC2012'
 _SBD = 'benchmark_RELEASE/dataset'
+_VOC_LISTS = f'{_VOC}/ImageSets/Segmentation'
 
 _LAYOUT = """\
   VOCdevkit/VOC2012/JPEGImages/<id>.jpg
@@ -56,6 +57,11 @@ class VocAug(base.ManualSourceBuilder):
   RELEASE_NOTES = {'1.0.0': 'VOC 2012 train/val and the SBD-augmented train_aug split.'}
   MANUAL_DOWNLOAD_INSTRUCTIONS = f'Extract VOC 2012 and SBD into the manual folder:\n{_LAYOUT}'
   LAYOUT = _LAYOUT
+  REQUIRED = (
+        f'{_VOC}/JPEGImages', f'{_VOC}/SegmentationClass', f'{_VOC}/SegmentationObject',
+        f'{_VOC_LISTS}/train.txt', f'{_VOC_LISTS}/val.txt',
+        f'{_SBD}/img', f'{_SBD}/cls', f'{_SBD}/inst', f'{_SBD}/train.txt', f'{_SBD}/val.txt',
+    )  # fmt: skip
   CLASS_NAMES = (
         'background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
         'chair', 'cow', 'diningtable', 'dog', 'horse', 'motorbike', 'person', 'pottedplant',
@@ -73,13 +79,8 @@ class VocAug(base.ManualSourceBuilder):
 
   def _split_generators(self, dl_manager):
     root = self._manual_root(dl_manager)
-    voc_lists, sbd_lists = f'{_VOC}/ImageSets/Segmentation', _SBD
-    self._require(root, [
-            f'{_VOC}/JPEGImages', f'{_VOC}/SegmentationClass', f'{_VOC}/SegmentationObject',
-            f'{voc_lists}/train.txt', f'{voc_lists}/val.txt',
-            f'{_SBD}/img', f'{_SBD}/cls', f'{_SBD}/inst',
-            f'{sbd_lists}/train.txt', f'{sbd_lists}/val.txt',
-        ])  # fmt: skip
+    voc_lists, sbd_lists = _VOC_LISTS, _SBD
+    self._require(root, self.REQUIRED)
     voc_train = base.read_id_list(root / voc_lists / 'train.txt')
     voc_val = base.read_id_list(root / voc_lists / 'val.txt')
     sbd_ids = base.read_id_list(root / sbd_lists / 'train.txt') + base.read_id_list(

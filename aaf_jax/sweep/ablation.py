@@ -1,7 +1,7 @@
 """Reads a finished sweep's summary.json: which grid point wins each class, and one grid point
 against every other, paired over seeds.
 
-    python benchmarks/ablation_report.py --workdir=DIR --among='loss.kind=affinity' \
+    python -m aaf_jax.sweep.ablation --workdir=DIR --among='loss.kind=affinity' \
         --of='loss.kind=aaf'
 
 Prints (and writes to DIR/ablation_report.md):
@@ -11,20 +11,18 @@ Prints (and writes to DIR/ablation_report.md):
 2. `--of`'s grid point minus every other grid point, paired over seeds, in mIoU, boundary IoU
    and each class's IoU: does it beat each of them, by how much, with what confidence?
 
-The pairs and intervals are the sweep's own (`aaf_jax.sweep.paired_differences`); a grid point is
-named as `--baseline` names one (FIELD=VALUE[,FIELD=VALUE]). Needs no jax.
+`--eval_set=NAME` reports the scores on one of the sweep's evaluation sets (`--eval_sets`) into
+DIR/ablation_report-NAME.md. The pairs and intervals are the sweep's own
+(`stats.paired_differences`); a grid point is named as `--baseline` names one
+(FIELD=VALUE[,FIELD=VALUE]). Needs no jax.
 """
 
 import argparse
 import json
 import os
-import sys
 
-# Run as `python benchmarks/ablation_report.py`, Python puts benchmarks/ on the path, not the
-# repository root.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from aaf_jax import sweep  # noqa: E402
+from aaf_jax.sweep import grid, stats
+from aaf_jax.sweep.report import difference_text
 
 
 class ReportError(ValueError):
@@ -34,11 +32,11 @@ class ReportError(ValueError):
 def _name(overrides: dict) -> str:
   """'kind=affinity,sizes=3': each field's last part and its value, as in run names."""
   short = {field.rpartition('.')[2]: value for field, value in overrides.items()}
-  return sweep.run_name(short, 0).rpartition(',seed=')[0] or '(base)'
+  return grid.point_name(short)
 
 
 def _one(groups: list[dict], text: str, flag: str) -> dict:
-  found = sweep.matching(groups, text)
+  found = grid.matching(groups, text)
   if len(found) != 1:
     names = ', '.join(_name(g) for g in groups)
     raise ReportError(
@@ -55,7 +53,7 @@ def _pairing(summary: dict):
   def against(point: dict, baseline: dict) -> dict:
     key = json.dumps(baseline)
     if key not in by_baseline:
-      rows = sweep.paired_differences(summary, baseline)
+      rows = stats.paired_differences(summary, baseline)
       by_baseline[key] = {json.dumps(r['overrides']): r for r in rows}
     return by_baseline[key][json.dumps(point)]
 
@@ -67,7 +65,7 @@ def report(summary: dict, among: str, of: str | None) -> list[str]:
   groups = {json.dumps(g['overrides']): g for g in summary['groups']}
   against = _pairing(summary)
   overrides = [g['overrides'] for g in summary['groups']]
-  contenders = sweep.matching(overrides, among)
+  contenders = grid.matching(overrides, among)
   if len(contenders) < 2:
     raise ReportError(
       f'--among={among!r} names {len(contenders)} grid point(s), expected two or more; the grid '
@@ -97,7 +95,7 @@ def report(summary: dict, among: str, of: str | None) -> list[str]:
     gap = against(contenders[best], contenders[runner_up])['per_class_iou'][c]
     cells = [f'{100 * m:.2f}' if m is not None else '-' for m in means]
     lines.append(
-      f'| {c} | ' + ' | '.join(cells) + f' | {names[best]} | {sweep.difference_text(gap, seeds)} |'
+      f'| {c} | ' + ' | '.join(cells) + f' | {names[best]} | {difference_text(gap, seeds)} |'
     )
   lines += [
     '',
@@ -119,8 +117,8 @@ def report(summary: dict, among: str, of: str | None) -> list[str]:
       continue
     row = against(point, other)
     n = len(row['seeds'])
-    cells = [sweep.difference_text(row[k], n) for k in ('miou', 'boundary_iou')]
-    cells += [sweep.difference_text(row['per_class_iou'][c], n) for c in classes]
+    cells = [difference_text(row[k], n) for k in ('miou', 'boundary_iou')]
+    cells += [difference_text(row['per_class_iou'][c], n) for c in classes]
     lines.append(f'| {_name(other)} | {n} | ' + ' | '.join(cells) + ' |')
   return lines
 
@@ -134,6 +132,12 @@ def main(argv=None):
   parser.add_argument(
     '--of', default=None, help="the point set against every other, e.g. 'loss.kind=aaf'"
   )
+  parser.add_argument(
+    '--eval_set',
+    default=None,
+    help='report the scores on this evaluation set of the sweep (--eval_sets) instead of the '
+    "runs' own; writes ablation_report-NAME.md",
+  )
   args = parser.parse_args(argv)
   path = os.path.join(args.workdir, 'summary.json')
   try:
@@ -143,13 +147,22 @@ def main(argv=None):
     raise SystemExit(
       f'{path}: no readable sweep summary ({e}); run the sweep (or --summarize).'
     ) from None
+  name = 'ablation_report.md'
+  if args.eval_set is not None:
+    sets = summary.get('eval_sets', {})
+    if args.eval_set not in sets:
+      raise SystemExit(
+        f'{path}: --eval_set={args.eval_set}: the sweep has no such evaluation set (it has '
+        f'{", ".join(sets) or "none"}).'
+      )
+    summary, name = sets[args.eval_set], f'ablation_report-{args.eval_set}.md'
   try:
     lines = report(summary, args.among, args.of)
-  except (ReportError, sweep.SweepError) as e:
+  except (ReportError, grid.SweepError) as e:
     raise SystemExit(f'{path}: {e}') from None
   text = '\n'.join(lines) + '\n'
   print(text, end='')
-  with open(os.path.join(args.workdir, 'ablation_report.md'), 'w') as f:
+  with open(os.path.join(args.workdir, name), 'w') as f:
     f.write(text)
 
 
