@@ -180,8 +180,18 @@ def test_finished_runs_are_evaluated_without_training_and_each_set_gets_its_tabl
   )
   assert extra[3] == '| loss.margin | seeds | mIoU | boundary IoU | pixel acc | background | disc |'
   assert extra[6].startswith('| 2.0 | 2 | 79.00 ± 9.90 | 39.50 ± 4.95 |')
-  assert extra[8].startswith('Paired differences from the baseline loss.margin=1.0 on train (')
-  assert extra[12].startswith('| 2.0 | 2 | +14.00 ± 2.83 [')
+  # The shift: each run's score on the set minus its own, paired run by run (+0.1 and +0.2).
+  assert [(d['overrides'], d['seeds']) for d in part['shift']] == [
+    ({'loss.margin': 1.0}, [0, 1]),
+    ({'loss.margin': 2.0}, [0, 1]),
+  ]
+  assert [d['miou']['mean'] for d in part['shift']] == pytest.approx([0.1, 0.2])
+  assert part['shift'][1]['boundary_iou']['mean'] == pytest.approx(0.1)  # half of the mIoU's
+  assert extra[8].startswith("Shift to train (each run's score on train minus its own")
+  assert extra[12].startswith('| 1.0 | 2 | +10.00 ± 0.00 [+10.00, +10.00] * |')
+  assert extra[13].startswith('| 2.0 | 2 | +20.00 ± 0.00 [+20.00, +20.00] * |')
+  assert extra[15].startswith('Paired differences from the baseline loss.margin=1.0 on train (')
+  assert extra[19].startswith('| 2.0 | 2 | +14.00 ± 2.83 [')
 
   rows = list(csv.DictReader(open(os.path.join(workdir, 'summary.csv'))))
   assert [(r['eval_set'], r['loss.margin']) for r in rows] == [

@@ -2,7 +2,8 @@
 
 summary.md holds mean ± std per grid point in % and, with a baseline, each grid point's paired
 difference from it in points (mean ± sample std [95% Student-t CI], `*` where the interval
-excludes 0); each evaluation set adds the same two tables for its scores. summary.csv holds the
+excludes 0); each evaluation set adds the same two tables for its scores, and between them
+the shift: each run's score on the set minus its own, paired run by run. summary.csv holds the
 same numbers as fractions, one row per grid point (and, with evaluation sets, per set: column
 `eval_set`, empty for the run's own evaluation). Imports no jax.
 """
@@ -85,6 +86,27 @@ def _paired_table(part: dict, baseline: dict, fields: list, classes: list, on=''
   return lines
 
 
+def _shift_table(part: dict, name: str, fields: list, classes: list) -> list[str]:
+  """Each grid point's score on evaluation set `name` minus its own, paired by run."""
+  lines = [
+    '',
+    f"Shift to {name} (each run's score on {name} minus its own evaluation, seed by seed; "
+    'mean ± sample std [95% Student-t CI] in points; * the CI excludes 0):',
+    '',
+  ]
+  header = [*fields, 'pairs', *(title for _, title in plots.PAIRED_SCORES), *classes]
+  lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+  for d in part['shift']:
+    seeds = len(d['seeds'])
+    cells = [_text(d['overrides'][k]) for k in fields] + [str(seeds)]
+    cells += [difference_text(d[key], seeds) for key, _ in plots.PAIRED_SCORES]
+    cells += [
+      difference_text(d['per_class_iou'].get(c, stats.paired_stats([])), seeds) for c in classes
+    ]
+    lines.append('| ' + ' | '.join(cells) + ' |')
+  return lines
+
+
 def _csv_rows(part: dict, fields: list, classes: list, paired_with: bool) -> list[list]:
   """summary.csv's rows of one table: scores, then the paired differences when a baseline."""
   paired = {json.dumps(d['overrides']): d for d in part.get('paired_differences', [])}
@@ -148,6 +170,7 @@ def write_summary(runs: list[grid.Run], workdir: str, baseline: dict | None = No
   for name, part in eval_sets.items():
     lines += ['', _eval_set_title(name, part), '']
     lines += _group_table(part, fields, _classes(part))
+    lines += _shift_table(part, name, fields, _classes(part))
     if baseline is not None:
       lines += _paired_table(part, baseline, fields, _classes(part), f' on {name}')
   with open(os.path.join(workdir, 'summary.md'), 'w') as f:

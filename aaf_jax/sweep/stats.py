@@ -77,9 +77,37 @@ def _eval_set(runs: list[grid.Run], rows: list[dict], name: str, baseline) -> di
     set_rows.append(_row(run, state, scores))
     set_rows[-1].pop('field_size_weights', None)
   part = {'fields': set_fields(runs[0], name), 'runs': set_rows, 'groups': groups(set_rows)}
+  part['shift'] = shift_from_own(rows, set_rows)
   if baseline is not None:
     part['paired_differences'] = paired_differences(part, baseline)
   return part
+
+
+def shift_from_own(rows: list[dict], set_rows: list[dict]) -> list[dict]:
+  """Per grid point, each run's score on the set minus its own evaluation's, seed by seed
+  (negative: the set costs that many points): the drop from in-domain to the set per point."""
+  by_point = {}
+  for own, there in zip(rows, set_rows):
+    if own['status'] == 'finished' and there['status'] == 'finished':
+      by_point.setdefault(json.dumps(own['overrides']), []).append((own, there))
+  shifts = []
+  for key, pairs in by_point.items():
+    classes = list(pairs[0][0]['per_class_iou'])
+
+    def diff(get, pairs=pairs):
+      values = [(get(there), get(own)) for own, there in pairs]
+      return paired_stats([x - y for x, y in values if x is not None and y is not None])
+
+    shifts.append(
+      {
+        'overrides': json.loads(key),
+        'seeds': [own['seed'] for own, _ in pairs],
+        'miou': diff(lambda r: r['miou']),
+        'boundary_iou': diff(lambda r: r['boundary_iou']),
+        'per_class_iou': {c: diff(lambda r, c=c: r['per_class_iou'].get(c)) for c in classes},
+      }
+    )
+  return shifts
 
 
 def set_fields(run: grid.Run, name: str) -> dict:
