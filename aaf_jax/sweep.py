@@ -234,17 +234,29 @@ def _train(config, workdir):
 
 
 def run_sweep(
-  runs: list[Run], workdir: str, shard=(0, 1), train_fn=_train, baseline: dict | None = None
+  runs: list[Run],
+  workdir: str,
+  shard=(0, 1),
+  train_fn=_train,
+  baseline: dict | None = None,
+  job=None,
 ) -> dict:
   """Train this shard's unfinished runs in order; write the summary when every run is done
   (with each grid point's paired difference from the `baseline` grid point, when given).
 
-  Returns {'trained', 'skipped', 'failed'} counts of this invocation.
+  `job`: in a multi-process job, an aaf_jax.distributed.Lockstep: every process then trains
+  each run together, in the order process 0 found, and only process 0 writes failed.json and
+  the summary. Returns {'trained', 'skipped', 'failed'} counts of this invocation.
   """
   index, count = shard
+  writes = job is None or job.writes
   mine = [r for r in runs if r.index % count == index]
   counts = {'trained': 0, 'skipped': 0, 'failed': 0}
-  todo = [r for r in mine if status(r)['status'] != 'finished']
+  todo = [r.index for r in mine if status(r)['status'] != 'finished']
+  if job is not None:  # one plan for every process, whatever each sees of the files
+    todo = job.from_process_0('todo', todo)
+  by_index = {r.index: r for r in mine}
+  todo = [by_index[i] for i in todo]
   counts['skipped'] = len(mine) - len(todo)
   logging.info(
     'Sweep: %d runs, %d in shard %d/%d, %d already finished.',
@@ -258,18 +270,26 @@ def run_sweep(
   for done, run in enumerate(todo, 1):
     logging.info('Sweep run %s (%d of %d in this shard).', run.workdir, run.index + 1, len(runs))
     failed_path = os.path.join(run.workdir, 'failed.json')
-    if os.path.exists(failed_path):
+    if writes and os.path.exists(failed_path):
       os.remove(failed_path)
+    if job is not None:
+      job.begin(run.index)
+    error = None
     try:
       train_fn(run.config, run.workdir)
-      counts['trained'] += 1
     except Exception as e:  # a failed run is recorded and the sweep goes on
-      counts['failed'] += 1
       error = f'{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}'.strip()
       logging.error('Sweep run %s failed: %s', run.workdir, error)
-      os.makedirs(run.workdir, exist_ok=True)
-      with open(failed_path, 'w') as f:
-        json.dump({'fingerprint': run_record.fingerprint(run.config), 'error': error}, f)
+    if job is not None:  # failed on any process: failed on all, recorded once
+      error = job.agree(run.index, error)
+    if error is None:
+      counts['trained'] += 1
+    else:
+      counts['failed'] += 1
+      if writes:
+        os.makedirs(run.workdir, exist_ok=True)
+        with open(failed_path, 'w') as f:
+          json.dump({'fingerprint': run_record.fingerprint(run.config), 'error': error}, f)
     elapsed = time.time() - started
     eta = elapsed / done * (len(todo) - done)
     logging.info(
@@ -280,6 +300,8 @@ def run_sweep(
       counts['skipped'],
       time.strftime('%H:%M:%S', time.gmtime(eta)),
     )
+  if not writes:  # process 0 writes the summary
+    return counts
   if all(status(r)['status'] in ('finished', 'failed') for r in runs):
     write_summary(runs, workdir, baseline)
   else:
