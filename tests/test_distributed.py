@@ -257,11 +257,12 @@ def test_every_step_runs_its_collectives_in_one_order():
 @pytest.mark.slow
 def test_a_sweep_keeps_every_process_on_one_run_and_records_failures_once(tmp_path):
   """Three stand-in runs in lockstep: one failing on process 1 only, after its last exchange
-  with process 0; one failing everywhere; one succeeding. Both processes go on in step, process
-  0 alone records; a rerun skips the finished run and retries the failed ones."""
+  with process 0; one failing on both, process 0 before an exchange and process 1 in it (their
+  barrier counts then differ); one succeeding. Both processes go on in step, process 0 alone
+  records; a rerun skips the finished run and retries the failed ones."""
   expected = {
     'margin=1.0': 'on process 1 of 2: ValueError: fails on process 1 only, after the last',
-    'margin=2.0': 'FloatingPointError: fails everywhere',
+    'margin=2.0': 'on process 0, 1 of 2: FloatingPointError: fails on process 0 before the',
   }
   for attempt, counts in enumerate(
     ['{"failed": 2, "skipped": 0, "trained": 1}', '{"failed": 2, "skipped": 1, "trained": 0}']
