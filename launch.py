@@ -9,7 +9,8 @@ python launch.py --config=configs/synthetic.py --workdir=/tmp/sweep --mode=sweep
 
 Several processes (one per host or per GPU) form one job with --coordinator_address,
 --num_processes and --process_id (or JAX_COORDINATOR_ADDRESS), or with --distributed inside a
-Cloud TPU pod, SLURM or Open MPI job; see README "Scaling out".
+Cloud TPU pod, SLURM or Open MPI job; see README "Scaling out". In such a job --mode=sweep
+trains the grid's runs one after another, each over every process.
 
 A mistake in the flags, the config or the files it names (`aaf_jax.errors.UserError`) ends the
 run with one line on stderr and exit status 2; `--verbose` or AAF_VERBOSE=1 adds the traceback.
