@@ -9,7 +9,8 @@ python launch.py --config=configs/synthetic.py --workdir=/tmp/sweep --mode=sweep
 
 Several processes (one per host or per GPU) form one job with --coordinator_address,
 --num_processes and --process_id (or JAX_COORDINATOR_ADDRESS), or with --distributed inside a
-Cloud TPU pod, SLURM or Open MPI job; see README "Scaling out".
+Cloud TPU pod, SLURM or Open MPI job; see README "Scaling out". In such a job --mode=sweep
+trains the grid's runs one after another, each over every process.
 
 A mistake in the flags, the config or the files it names (`aaf_jax.errors.UserError`) ends the
 run with one line on stderr and exit status 2; `--verbose` or AAF_VERBOSE=1 adds the traceback.
@@ -179,7 +180,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _run_sweep(config, workdir) -> None:
-  """--mode=sweep: every argument checked (each run's config validated), then the runs."""
+  """--mode=sweep: every argument checked (each run's config validated), then the runs.
+
+  With the multi-process flags the job starts after the checks, and every process trains each
+  run together (aaf_jax.distributed.Lockstep); process 0 writes the records and the summary.
+  """
   shard = sweep.parse_shard(_SHARD.value)
   arguments = _SWEEP.value
   spec = config_flags.get_config_filename(flags.FLAGS['config'])
@@ -193,10 +198,32 @@ def _run_sweep(config, workdir) -> None:
   eval_sets = sweep.eval_sets(spec, _EVAL_SETS.value)
   runs = sweep.plan(config, workdir, arguments, _SEEDS.value, eval_sets)
   baseline = None if _BASELINE.value is None else sweep.baseline_group(runs, _BASELINE.value)
+  job = None
+  if _job_requested():
+    from aaf_jax import distributed
+
+    _initialize_job(distributed)
+    job = distributed.Lockstep()
   if _SUMMARIZE.value:
-    sweep.write_summary(runs, workdir, baseline)
-  else:
+    if job is None or job.writes:
+      sweep.write_summary(runs, workdir, baseline)
+  elif job is None:
     sweep.run_sweep(runs, workdir, shard, baseline=baseline)
+  else:
+    with distributed.stop_all_on_failure():
+      sweep.run_sweep(runs, workdir, shard, baseline=baseline, job=job)
+
+
+def _initialize_job(distributed) -> None:
+  distributed.initialize(
+    coordinator_address=_COORDINATOR_ADDRESS.value,
+    num_processes=_NUM_PROCESSES.value,
+    process_id=_PROCESS_ID.value,
+    coordinator_bind_address=_COORDINATOR_BIND_ADDRESS.value,
+    auto_detect=_DISTRIBUTED.value,
+    initialization_timeout=_INITIALIZATION_TIMEOUT.value,
+    heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
+  )
 
 
 def _job_requested() -> bool:
@@ -215,25 +242,13 @@ def main(argv):
   try:
     validation.validate(_CONFIG.value)  # before anything is imported or built
     if _MODE.value == 'sweep':
-      if _job_requested():
-        raise errors.UserError(
-          '--mode=sweep runs in one process: split a sweep over machines with --shard=I/N '
-          'instead of the multi-process flags.'
-        )
       _run_sweep(_CONFIG.value, _WORKDIR.value)
+      _shutdown()
       return
     logging.info('Config:\n%s', _CONFIG.value)  # after the checks: a mistake is one line
     from aaf_jax import distributed  # after flag parsing: --help stays fast
 
-    distributed.initialize(
-      coordinator_address=_COORDINATOR_ADDRESS.value,
-      num_processes=_NUM_PROCESSES.value,
-      process_id=_PROCESS_ID.value,
-      coordinator_bind_address=_COORDINATOR_BIND_ADDRESS.value,
-      auto_detect=_DISTRIBUTED.value,
-      initialization_timeout=_INITIALIZATION_TIMEOUT.value,
-      heartbeat_timeout=_HEARTBEAT_TIMEOUT.value,
-    )
+    _initialize_job(distributed)
     with distributed.stop_all_on_failure():
       from aaf_jax import train
 
@@ -254,7 +269,13 @@ def main(argv):
   except Exception:  # a bug: its traceback, then the same prompt exit
     traceback.print_exc()
     _leave(1)
-  distributed.shutdown()
+  _shutdown()
+
+
+def _shutdown() -> None:
+  """Leaves a multi-process job, if one was started (a one-process sweep never imports jax)."""
+  if 'aaf_jax.distributed' in sys.modules:
+    sys.modules['aaf_jax.distributed'].shutdown()
 
 
 if __name__ == '__main__':

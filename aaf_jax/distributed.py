@@ -20,6 +20,7 @@ for a slow dataset build. On top of it:
 
 import atexit
 import contextlib
+import json
 import os
 import sys
 import threading
@@ -49,6 +50,7 @@ class _State:
   num_processes = 1
   watchdog = None
   barrier_count = 0
+  scope = ''  # prefixes barrier keys; a sweep gives each run its own (Lockstep.begin)
   exit_status = None  # set when this process failed: skip JAX's shutdown, exit with it
 
 
@@ -360,7 +362,9 @@ def barrier(name: str, timeout_s: float) -> None:
   if _state.client is None:
     return
   _state.barrier_count += 1
-  _state.client.wait_at_barrier(f'{_PREFIX}{name}/{_state.barrier_count}', int(timeout_s * 1000))
+  _state.client.wait_at_barrier(
+    f'{_PREFIX}{_state.scope}{name}/{_state.barrier_count}', int(timeout_s * 1000)
+  )
 
 
 def first_on_process_0(work, description: str, timeout_s: float = FIRST_ON_PROCESS_0_TIMEOUT_S):
@@ -391,7 +395,7 @@ def check_shared_workdir(workdir: str) -> None:
     return
   client, me = _state.client, _state.process_id
   _state.barrier_count += 1
-  key = f'{_PREFIX}workdir/{_state.barrier_count}'
+  key = f'{_PREFIX}{_state.scope}workdir/{_state.barrier_count}'
   timeout_ms = _WORKDIR_CHECK_TIMEOUT_S * 1000
   if me == 0:
     token = uuid.uuid4().hex
@@ -420,3 +424,73 @@ def check_shared_workdir(workdir: str) -> None:
       'reads and writes the same checkpoints: put the workdir on a filesystem that all '
       'machines mount (NFS, Lustre, a GCS FUSE mount).'
     )
+
+
+class RunOutOfStep(RuntimeError):
+  """A sweep run failed on some processes while others are still inside it."""
+
+
+class Lockstep:
+  """Keeps every process of a job on the same run of a sweep (aaf_jax.sweep.run_sweep's `job`).
+
+  Process 0 decides which runs remain (`from_process_0`) and alone writes files (`writes`).
+  Every run starts at a barrier, with barrier names of its own, so a run that failed part-way
+  leaves no count behind. After a run each process publishes its outcome; the run counts as
+  failed when it failed on any process, and every process goes on to the next one. A process
+  whose run failed waits at most `timeout_s` (the heartbeat timeout) for the others' outcomes:
+  one still missing then is waiting in a collective this process left, so the whole job stops
+  (RunOutOfStep, which `stop_all_on_failure` spreads) rather than hang; a rerun resumes.
+  With one process every method is trivial.
+  """
+
+  _POLL_S = 0.1
+
+  def __init__(self, timeout_s: float | None = None):
+    watchdog = _state.watchdog
+    self.timeout_s = timeout_s or (watchdog.timeout_s if watchdog is not None else 60.0)
+    self.writes = _state.process_id == 0
+
+  def from_process_0(self, name: str, value):
+    """Process 0's `value` (JSON-able) on every process."""
+    if _state.client is None:
+      return value
+    key = f'{_PREFIX}sweep/{name}'
+    if _state.process_id == 0:
+      _state.client.key_value_set(key, json.dumps(value))
+    timeout_ms = int(FIRST_ON_PROCESS_0_TIMEOUT_S * 1000)
+    return json.loads(_state.client.blocking_key_value_get(key, timeout_ms))
+
+  def begin(self, index: int | str) -> None:
+    """Every process starts run `index` together."""
+    _state.scope = f'sweep-run-{index}/'
+    _state.barrier_count = 0
+    barrier('start', FIRST_ON_PROCESS_0_TIMEOUT_S)
+
+  def agree(self, index: int | str, error: str | None) -> str | None:
+    """The run's error on any process (None when it succeeded everywhere), the same on all."""
+    if _state.client is None:
+      return error
+    client, me, count = _state.client, _state.process_id, _state.num_processes
+    prefix = f'{_PREFIX}sweep/outcome/{index}/'
+    client.key_value_set(f'{prefix}{me}', 'ok' if error is None else f'failed {error}')
+    deadline = None if error is None else time.monotonic() + self.timeout_s
+    while True:
+      outcomes = {int(k.rsplit('/', 1)[1]): v for k, v in client.key_value_dir_get(prefix)}
+      if len(outcomes) == count:
+        break
+      if deadline is not None and time.monotonic() > deadline:
+        missing = ', '.join(str(p) for p in range(count) if p not in outcomes)
+        raise RunOutOfStep(
+          f'sweep run {index} failed on process {me} ({error}) while process(es) {missing} '
+          f'stayed inside it for {self.timeout_s:g} s (waiting in a collective for this one). '
+          'The job stops; rerun the same command to resume the sweep'
+        )
+      time.sleep(self._POLL_S)
+    failed = {p: v.removeprefix('failed ') for p, v in sorted(outcomes.items()) if v != 'ok'}
+    if not failed:
+      return None
+    message = next(iter(failed.values()))
+    if len(failed) == count and len(set(failed.values())) == 1:
+      return message
+    where = ', '.join(str(p) for p in failed)
+    return f'on process {where} of {count}: {message}'

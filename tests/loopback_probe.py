@@ -3,11 +3,15 @@
 python tests/loopback_probe.py STEP [STEP ...] --workdir=DIR --data_dir=DIR + launch.py's job
 flags. Steps, in order: `workdir` (the shared-workdir check; '{process}' in --workdir gives each
 process its own folder), `eval` (evaluation gathered across processes against a one-process
-reference), `fail` (process 1 raises), `idle` (wait to be killed). Prints one line per step
+reference), `fail` (process 1 raises), `idle` (wait to be killed), `sweep` (a sweep of three stand-in runs
+in lockstep: one fails on process 1 only after the last exchange, one fails on both at
+different points, one succeeds), `sweep_stuck` (a run fails on process 1 while process 0 waits in an exchange with
+it). Prints one line per step
 passed; a user error prints 'error: ...' and exits with status 2, as launch.py does.
 """
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -19,7 +23,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from tiny import tiny_config  # noqa: E402
 
-from aaf_jax import distributed, errors, evaluate, sharding  # noqa: E402
+from aaf_jax import distributed, errors, evaluate, jsonio, run_record, sharding, sweep  # noqa: E402
 
 NUM_KEEP = 9  # more than one process's share of the first batch, and into the uneven last one
 
@@ -79,9 +83,44 @@ def check_evaluation(data_dir):
   print(f'evaluation gathered: {int(confusion.sum())} pixels, {len(kept)} examples', flush=True)
 
 
+def _stand_in_run(config, workdir):
+  """A sweep run without training: a barrier stands for the train step's collectives."""
+  me = jax.process_index()
+  margin = config.loss.margin
+  if margin == 2.0 and me == 0:  # process 1 then fails in the barrier, at another count
+    raise FloatingPointError('fails on process 0 before the collective')
+  distributed.barrier('collective', timeout_s=5 if margin == 2.0 else 120)
+  if margin == 1.0 and me == 1:
+    raise ValueError('fails on process 1 only, after the last collective')
+  if margin == 3.0 and me == 0:
+    os.makedirs(workdir, exist_ok=True)
+    results = {'miou': 0.5, 'pixel_acc': 0.75, 'per_class_iou': {'a': 0.5}}
+    results['fingerprint'] = run_record.fingerprint(config)
+    jsonio.write_json_atomically(os.path.join(workdir, 'results.json'), results)
+
+
+def _stuck_run(config, workdir):
+  """Process 1 fails before the collective that process 0 waits in."""
+  del config, workdir
+  if jax.process_index() == 1:
+    raise ValueError('fails on process 1 before the collective')
+  distributed.barrier('collective', timeout_s=600)
+
+
+def check_sweep(workdir, data_dir, train_fn):
+  from absl import logging
+
+  logging.set_verbosity(logging.INFO)  # the sweep's own lines: who writes the summary
+  runs = sweep.plan(tiny_config(data_dir), workdir, ['loss.margin=[1.0,2.0,3.0]'], 1)
+  counts = sweep.run_sweep(runs, workdir, train_fn=train_fn, job=distributed.Lockstep())
+  print(f'sweep counts {json.dumps(counts, sort_keys=True)}', flush=True)
+
+
 def main():
   parser = argparse.ArgumentParser()
-  parser.add_argument('steps', nargs='+', choices=['workdir', 'eval', 'fail', 'idle'])
+  parser.add_argument(
+    'steps', nargs='+', choices=['workdir', 'eval', 'fail', 'idle', 'sweep', 'sweep_stuck']
+  )
   parser.add_argument('--workdir', default='')
   parser.add_argument('--data_dir', default='')
   parser.add_argument('--coordinator_address')
@@ -115,6 +154,10 @@ def main():
           if jax.process_index() == 1:
             raise RuntimeError('probe failure on purpose')
           time.sleep(300)
+        elif step == 'sweep':
+          check_sweep(args.workdir, args.data_dir, _stand_in_run)
+        elif step == 'sweep_stuck':
+          check_sweep(args.workdir, args.data_dir, _stuck_run)
         elif step == 'idle':
           print('idle', flush=True)
           time.sleep(300)

@@ -252,3 +252,52 @@ def test_every_step_runs_its_collectives_in_one_order():
   assert len(train) == 1 and sum(train.values()) > 1, train
   for name in ('eval-whole', 'eval-windows'):
     assert list(json.loads(found[name]).values()) == [1], (name, found[name])
+
+
+@pytest.mark.slow
+def test_a_sweep_keeps_every_process_on_one_run_and_records_failures_once(tmp_path):
+  """Three stand-in runs in lockstep: one failing on process 1 only, after its last exchange
+  with process 0; one failing on both, process 0 before an exchange and process 1 in it (their
+  barrier counts then differ); one succeeding. Both processes go on in step, process 0 alone
+  records; a rerun skips the finished run and retries the failed ones."""
+  expected = {
+    'margin=1.0': 'on process 1 of 2: ValueError: fails on process 1 only, after the last',
+    'margin=2.0': 'on process 0, 1 of 2: FloatingPointError: fails on process 0 before the',
+  }
+  for attempt, counts in enumerate(
+    ['{"failed": 2, "skipped": 0, "trained": 1}', '{"failed": 2, "skipped": 1, "trained": 0}']
+  ):
+    job = _probe(
+      tmp_path,
+      'sweep',
+      workdir=tmp_path / 'sweep',
+      data_dir=tmp_path / 'data',
+      name=f'sweep{attempt}',
+    )
+    job.wait_ok(300)
+    for i in range(2):
+      assert f'sweep counts {counts}' in job.output(i), job.all_output()
+    with open(tmp_path / 'sweep' / 'summary.json') as f:
+      summary = json.load(f)
+    rows = {f'margin={r["overrides"]["loss.margin"]}': r for r in summary['runs']}
+    assert [r['status'] for r in rows.values()] == ['failed', 'failed', 'finished'], rows
+    for name, error in expected.items():
+      assert rows[name]['error'].startswith(error), rows[name]
+    assert rows['margin=3.0']['miou'] == 0.5
+    assert 'Sweep summary' in job.output(0) and 'Sweep summary' not in job.output(1)
+
+
+@pytest.mark.slow
+def test_a_sweep_run_failing_on_one_process_inside_a_collective_stops_the_job(tmp_path):
+  """Process 1 fails while process 0 waits for it in an exchange: no hang, the job stops
+  within the heartbeat timeout, naming the run and the process."""
+  job = _probe(tmp_path, 'sweep_stuck', workdir=tmp_path / 'sweep', data_dir=tmp_path / 'data')
+  start = time.monotonic()
+  statuses = job.wait(300)
+  assert all(s != 0 for s in statuses), job.all_output()
+  assert time.monotonic() - start < 120 + PROMPT_S, job.all_output()
+  message = 'sweep run 0 failed on process 1 (ValueError: fails on process 1 before the collective)'
+  assert message in job.output(1), job.all_output()
+  assert f'Stopping process 0: process 1 of 2 failed: RunOutOfStep: {message}' in job.output(0), (
+    job.all_output()
+  )

@@ -13,6 +13,7 @@ missing engine fails instead, so CI cannot pass without running them.
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -129,6 +130,103 @@ def test_slurm_sbatch_trains_like_one_process_and_resumes_after_a_task_is_killed
     assert _scores(tmp_path / 'killed') == expected
 
 
+SWEEP_FLAGS = ('--sweep=loss.margin=[2.0,3.0]', '--seeds=2', *FLAGS)
+
+
+def _sweep_summary(workdir) -> dict:
+  """summary.json without the run folders, which differ between sweeps."""
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  for row in summary['runs']:
+    assert row.pop('workdir').startswith(str(workdir)), row
+  return summary
+
+
+@pytest.mark.slow
+def test_slurm_array_sweep_equals_a_local_sweep_and_resumes_a_cancelled_task(tmp_path):
+  """cluster/submit_sweep.sh: 4 runs as an array of 2 tasks of 2 processes each (a
+  multi-process sweep per shard), then the summary job. Shard 1 cancelled inside its first run:
+  the summary job still writes the summary; submitting again finishes the sweep, equal to the
+  same sweep in one process with two devices (every run's learned field-size weights, which
+  differ with seed and margin, compared exactly)."""
+  _require(local_slurm.missing())
+  _require(None if os.path.exists(VENV_PYTHON) else f'{VENV_PYTHON} missing (README set-up)')
+  data_dir = tmp_path / 'data'
+  config = synthetic_config(data_dir, STEPS)
+  local = Job(
+    launch_command(config, f'--workdir={tmp_path / "local"}', '--mode=sweep', *SWEEP_FLAGS),
+    str(tmp_path / 'logs'),
+    num_processes=1,
+    devices_per_process=2,
+    name='local',
+  )
+  local.wait_ok(2 * TIMEOUT_S)
+  expected = _sweep_summary(tmp_path / 'local')
+  assert [r['status'] for r in expected['runs']] == ['finished'] * 4, expected['runs']
+  workdir = tmp_path / 'sweep'
+
+  def submit(name):
+    done = subprocess.run(
+      [
+        'cluster/submit_sweep.sh',
+        '--cpu',
+        '--sbatch=--ntasks-per-node=2',
+        '--sbatch=--gpus-per-node=0',
+        '--sbatch=--cpus-per-task=1',
+        f'--sbatch=--output={tmp_path}/{name}-%a.out',
+        '2',
+        config.removeprefix('--config='),
+        str(workdir),
+        *SWEEP_FLAGS,
+        f'--heartbeat_timeout={HEARTBEAT_TIMEOUT_S}',
+        '--initialization_timeout=300',
+      ],
+      cwd=ROOT,
+      env=slurm.env,
+      capture_output=True,
+      text=True,
+      timeout=60,
+    )
+    assert done.returncode == 0, done
+    found = re.search(r'sweep array job (\d+) \(2 tasks\), summary job (\d+)', done.stdout)
+    assert found, done.stdout
+    return found.groups()
+
+  def logs(name):
+    return '\n'.join(
+      f'===== {path.name} =====\n{_log(path)[-10000:]}'
+      for path in [*sorted(tmp_path.glob(f'{name}-*.out')), *sorted(workdir.glob('summary-*.out'))]
+    )
+
+  with local_slurm.LocalSlurm(tmp_path / 'slurm') as slurm:
+    array, summary = submit('first')
+    # Shard 1 runs runs 1 and 3; cancel it once its first run has a checkpoint.
+    checkpoint = workdir / 'loss.margin=2.0,seed=1' / 'checkpoints' / '2'
+    deadline = time.monotonic() + TIMEOUT_S
+    while not checkpoint.exists():
+      assert slurm.job(f'{array}_1')['JobState'] in ('PENDING', 'RUNNING'), logs('first')
+      assert time.monotonic() < deadline, 'no checkpoint in time'
+      time.sleep(0.2)
+    slurm.scancel(f'{array}_1')
+    state = slurm.wait(summary, TIMEOUT_S)
+    assert state == ('COMPLETED', '0:0'), f'{state}\n{logs("first")}'
+    assert slurm.job(f'{array}_0')['JobState'] == 'COMPLETED', logs('first')
+    assert slurm.job(f'{array}_1')['JobState'] == 'CANCELLED', logs('first')
+    partial = _sweep_summary(workdir)
+    statuses = [r['status'] for r in partial['runs']]
+    assert statuses == ['finished', 'interrupted', 'finished', 'pending'], logs('first')
+    assert 'Process 1 of 2 joined the job at coordinator auto-detected' in _log(
+      tmp_path / 'first-0.out'
+    )
+
+    array, summary = submit('again')
+    state = slurm.wait(summary, 2 * TIMEOUT_S)
+    assert state == ('COMPLETED', '0:0'), f'{state}\n{logs("again")}'
+    assert 'Sweep: 4 runs, 2 in shard 0/2, 2 already finished.' in _log(tmp_path / 'again-0.out')
+    assert 'Resumed from' in _log(tmp_path / 'again-1.out'), logs('again')
+    assert _sweep_summary(workdir) == expected
+
+
 def _mpi_missing():
   if shutil.which('mpirun') is None:
     return 'mpirun not installed (apt-get install openmpi-bin; .ci/run does it)'
@@ -192,3 +290,29 @@ def test_sbatch_script_names_a_misplaced_or_missing_argument(args, fault):
   )
   assert done.returncode == 2, done
   assert fault in done.stderr and 'usage: sbatch' in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+  'script, args, fault',
+  [
+    ('sweep.sbatch', ['--cpu', 'configs/synthetic.py'], 'CONFIG and WORKDIR are both required'),
+    ('sweep.sbatch', ['configs/synthetic.py', '--summarize', '/tmp/s'], "got 'configs/synthetic"),
+    ('sweep.sbatch', ['configs/synthetic.py', '/tmp/s'], 'not a job array task'),
+    ('submit_sweep.sh', ['configs/synthetic.py', '/tmp/s'], 'expected SHARDS (a positive integer)'),
+    ('submit_sweep.sh', ['0', 'configs/synthetic.py', '/tmp/s'], 'expected SHARDS'),
+    ('submit_sweep.sh', ['2', '--cpu', 'configs/synthetic.py', '/tmp/s'], 'got: 2 --cpu'),
+  ],
+)
+def test_sweep_scripts_name_a_misplaced_or_missing_argument(script, args, fault):
+  """Caught before sbatch or srun starts anything; needs no Slurm."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_ARRAY')}
+  done = subprocess.run(
+    ['bash', f'cluster/{script}', *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=60,
+    env=env,
+  )
+  assert done.returncode == 2, done
+  assert fault in done.stderr, done.stderr
