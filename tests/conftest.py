@@ -39,6 +39,15 @@ def pytest_configure(config):
   os.environ.update(_CACHE_VARIABLES, JAX_COMPILATION_CACHE_DIR=folder)
 
 
+def pytest_collection_modifyitems(items):
+  """The Pallas kernels' cases (`implementation='pallas'`) run in the Pallas interpreter, which
+  compiles slowly on the CPU: they go to the slow tier, their XLA twins stay in the fast one."""
+  for item in items:
+    callspec = getattr(item, 'callspec', None)
+    if callspec is not None and callspec.params.get('implementation') == 'pallas':
+      item.add_marker(pytest.mark.slow)
+
+
 def pytest_unconfigure(config):
   folder = getattr(config, '_aaf_compile_cache', None)
   if folder:

@@ -147,7 +147,6 @@ class XlaRuntimeError(RuntimeError):
   """Named like jaxlib's error, which is what a failed collective raises."""
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
   'error, waits',
   [

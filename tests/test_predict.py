@@ -41,7 +41,13 @@ def _write_images(folder, sizes, seed=0):
   return images
 
 
-@pytest.mark.parametrize('options', [SLIDING, dict(window=0, stride=0, scales=(1.0,), flip=True)])
+@pytest.mark.parametrize(
+  'options',
+  [
+    pytest.param(SLIDING, marks=pytest.mark.slow),  # a program per window, scale and image size
+    dict(window=0, stride=0, scales=(1.0,), flip=True),
+  ],
+)
 def test_predictions_are_each_images_own_at_its_size(tmp_path, net, options):
   model, variables = net
   images = _write_images(tmp_path / 'in', [(20, 31), (9, 40), (300, 17)])
