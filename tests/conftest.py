@@ -1,7 +1,10 @@
+import fcntl
 import os
 import shutil
 import sys
 import tempfile
+
+import pytest
 
 # Tests import helpers that live beside them (the float64 references, tiny configs) and the
 # configs package at the repository root, also in pytest-xdist workers.
@@ -36,7 +39,41 @@ def pytest_configure(config):
   os.environ.update(_CACHE_VARIABLES, JAX_COMPILATION_CACHE_DIR=folder)
 
 
+def pytest_collection_modifyitems(items):
+  """The Pallas kernels' cases (`implementation='pallas'`) run in the Pallas interpreter, which
+  compiles slowly on the CPU: they go to the slow tier, their XLA twins stay in the fast one."""
+  for item in items:
+    callspec = getattr(item, 'callspec', None)
+    if callspec is not None and callspec.params.get('implementation') == 'pallas':
+      item.add_marker(pytest.mark.slow)
+
+
 def pytest_unconfigure(config):
   folder = getattr(config, '_aaf_compile_cache', None)
   if folder:
     shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope='session')
+def tiny_data_dir(tmp_path_factory) -> str:
+  """The TFDS folder of tests/tiny.py's synthetic set, prepared once; tests only read it (a test
+  that damages data damages a copy).
+
+  pytest-xdist runs a session fixture once in every worker: the workers share one folder beside
+  their own temporary folders and take turns under a file lock, so the first prepares the set and
+  the others find it prepared.
+  """
+  from tiny import tiny_config
+
+  from aaf_jax.data import pipeline
+
+  base = tmp_path_factory.getbasetemp()
+  shared = base.parent if os.environ.get('PYTEST_XDIST_WORKER') else base
+  folder = shared / 'tiny-tfds'
+  with open(shared / 'tiny-tfds.lock', 'a') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      pipeline.dataset_info(tiny_config(str(folder)).data)
+    finally:
+      fcntl.flock(lock, fcntl.LOCK_UN)
+  return str(folder)

@@ -3,26 +3,17 @@
 import os
 import sys
 
+from tiny import BATCH, TINY_FLAGS, config_argument
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# `--config.FIELD=` flags that shrink configs/synthetic.py to the tiny set-up of tests/tiny.py.
-TINY_FLAGS = (
-  '--config.data.synthetic.image_size=32',
-  '--config.data.synthetic.num_train=24',
-  '--config.data.synthetic.num_validation=10',
-  '--config.data.crop_size=32',
-  '--config.data.eval_size=(32, 32)',
-  '--config.model.base_width=8',
-  '--config.model.stem_width=8',
-  '--config.model.head_width=8',
-)
+__all__ = ['ROOT', 'TINY_FLAGS', 'launch_command', 'synthetic_config', 'xla_flags']
 
 
-def synthetic_config(data_dir, steps: int, loss: str = 'aaf', batch: int = 8) -> str:
-  return (
-    f'--config={os.path.join(ROOT, "configs", "synthetic.py")}:{loss},steps={steps},'
-    f'batch={batch},data_dir={data_dir}'
-  )
+def synthetic_config(data_dir, steps: int, loss: str = 'aaf', batch: int = BATCH) -> str:
+  """The `--config=` flag of configs/synthetic.py; add TINY_FLAGS for the tiny set-up."""
+  config_file = os.path.join(ROOT, 'configs', 'synthetic.py')
+  return f'--config={config_file}:{config_argument(data_dir, loss, steps, batch)}'
 
 
 def launch_command(*args) -> list[str]:

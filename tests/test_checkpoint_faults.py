@@ -17,6 +17,8 @@ from tiny import tiny_config
 
 from aaf_jax import checkpoint, train, weights
 
+pytestmark = pytest.mark.slow  # every test builds on an 8-step training run
+
 
 def _config(data_dir, **overrides):
   return tiny_config(data_dir, num_train_steps=8, keep_checkpoints=3, **overrides)
@@ -47,10 +49,10 @@ def _write(path, text):
 
 
 @pytest.fixture(scope='module')
-def finished(tmp_path_factory):
+def finished(tmp_path_factory, tiny_data_dir):
   """(data_dir, workdir) of an uninterrupted 8-step run with checkpoints at 4, 6 and 8."""
   root = tmp_path_factory.mktemp('ckpt')
-  data_dir, whole = str(root / 'tfds'), root / 'whole'
+  data_dir, whole = tiny_data_dir, root / 'whole'
   train.train_and_evaluate(_config(data_dir), str(whole))
   assert sorted(os.listdir(whole / 'checkpoints')) == ['4', '6', '8']
   return data_dir, whole

@@ -63,6 +63,7 @@ def test_config_is_locked():
     config.loss.margni = 2.0
 
 
+@pytest.mark.slow
 def test_launch_rejects_an_unknown_override(tmp_path):
   out = subprocess.run(
     [

@@ -1,7 +1,8 @@
 """Damaged prepared data: one error naming the file and the remedy, at start-up where possible.
 
-Each test damages a copy of one tiny prepared synthetic set. Runs of launch.py happen in a
-subprocess with a timeout: a damaged file once left the process hanging after its error.
+Each test damages a copy of the session's tiny prepared synthetic set (conftest.py). Runs of
+launch.py happen in a subprocess with a timeout: a damaged file once left the process hanging
+after its error.
 """
 
 import glob
@@ -12,25 +13,17 @@ import subprocess
 
 import numpy as np
 import pytest
-from launching import ROOT, TINY_FLAGS, launch_command, synthetic_config
-from tiny import tiny_config
+from launching import ROOT, launch_command, synthetic_config
+from tiny import tiny_config, tiny_flags
 
 from aaf_jax.data import integrity, pipeline
 
 
-@pytest.fixture(scope='module')
-def prepared(tmp_path_factory):
-  """A tiny synthetic set prepared once; tests damage copies of it."""
-  data_dir = tmp_path_factory.mktemp('pristine')
-  pipeline.dataset_info(tiny_config(data_dir).data)
-  return data_dir
-
-
 @pytest.fixture
-def damaged(prepared, tmp_path):
+def damaged(tiny_data_dir, tmp_path):
   """(data_dir, version folder) of a fresh copy of the prepared set."""
   data_dir = tmp_path / 'tfds'
-  shutil.copytree(prepared, data_dir)
+  shutil.copytree(tiny_data_dir, data_dir)
   (folder,) = glob.glob(str(data_dir / 'synthetic_shapes' / '*' / '*.*.*'))  # config/version
   return data_dir, folder
 
@@ -128,8 +121,7 @@ def _launch(data_dir, workdir, steps=4):
     launch_command(
       synthetic_config(data_dir, steps),
       f'--workdir={workdir}',
-      '--config.checkpoint_every_steps=2',
-      *TINY_FLAGS,
+      *tiny_flags(cadence=True),
     ),
     cwd=ROOT,
     capture_output=True,
@@ -139,6 +131,7 @@ def _launch(data_dir, workdir, steps=4):
   )
 
 
+@pytest.mark.slow
 def test_launch_stops_before_training_on_a_rotten_validation_file(damaged, tmp_path):
   data_dir, folder = damaged
   _flip_bytes(_shard(folder, 'validation'))
@@ -150,6 +143,7 @@ def test_launch_stops_before_training_on_a_rotten_validation_file(damaged, tmp_p
   assert not (tmp_path / 'work' / 'checkpoints').exists()  # nothing was trained
 
 
+@pytest.mark.slow
 def test_launch_exits_promptly_on_a_rotten_train_record(damaged, tmp_path):
   """The read fails inside tf.data mid-run: one line, status 2, and the process ends."""
   data_dir, folder = damaged

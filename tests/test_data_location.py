@@ -2,31 +2,24 @@
 
 import os
 import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+from launching import ROOT, launch_command, synthetic_config
+from tiny import tiny_flags
 
 
+@pytest.mark.slow
 def test_default_data_dir_is_the_home_folder_and_the_cwd_gets_only_the_workdir(tmp_path):
   """The configs' default `~/tensorflow_datasets` is expanded: no literal `./~` folder."""
   home, cwd = tmp_path / 'home', tmp_path / 'cwd'
   home.mkdir()
   cwd.mkdir()
   run = subprocess.run(
-    [
-      sys.executable,
-      os.path.join(ROOT, 'launch.py'),
-      f'--config={os.path.join(ROOT, "configs", "synthetic.py")}:aaf,steps=2,batch=8',
+    launch_command(
+      synthetic_config(None, steps=2),  # no data_dir: the config's default
       '--workdir=run',
-      '--config.data.synthetic.image_size=32',
-      '--config.data.synthetic.num_train=8',
-      '--config.data.synthetic.num_validation=2',
-      '--config.data.crop_size=32',
-      '--config.data.eval_size=(32, 32)',
-      '--config.model.base_width=8',
-      '--config.model.stem_width=8',
-      '--config.model.head_width=8',
-    ],
+      *tiny_flags(**{'data.synthetic.num_train': 8, 'data.synthetic.num_validation': 2}),
+    ),
     cwd=cwd,
     env={**os.environ, 'HOME': str(home), 'PYTHONPATH': ROOT},
     capture_output=True,

@@ -387,6 +387,7 @@ def test_cityscapes_label_without_image_is_an_error(tmp_path):
   assert str(image) in str(info.value)
 
 
+@pytest.mark.slow
 def test_build_command(tmp_path):
   """The command a researcher runs: prepares the data and prints the splits."""
   fl.make_gta5_tree(tmp_path / 'manual', 2, {'trainIds': [1], 'valIds': [2], 'testIds': [2]})
@@ -404,9 +405,10 @@ def test_build_command(tmp_path):
   assert set(read_split(builder, 'val')) == {'00002'}
 
 
+@pytest.mark.slow
 def test_build_command_prepares_what_a_config_trains_on(tmp_path):
   """--config builds the synthetic set with the config's options, where training will look."""
-  from tiny import tiny_config
+  from tiny import TINY_FLAGS, tiny_config
 
   from aaf_jax.data import pipeline
 
@@ -414,9 +416,7 @@ def test_build_command_prepares_what_a_config_trains_on(tmp_path):
   config = tiny_config(str(tmp_path / 'tfds'))
   command = [
     sys.executable, '-m', 'aaf_jax.data.build', f'--config={root}/configs/synthetic.py',
-    f'--data_dir={tmp_path / "tfds"}', '--config.data.synthetic.image_size=32',
-    f'--config.data.synthetic.num_train={config.data.synthetic.num_train}',
-    f'--config.data.synthetic.num_validation={config.data.synthetic.num_validation}',
+    f'--data_dir={tmp_path / "tfds"}', *TINY_FLAGS,
   ]  # fmt: skip
   env = {**os.environ, 'TF_CPP_MIN_LOG_LEVEL': '2'}
   result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=root)

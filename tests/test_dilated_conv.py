@@ -129,6 +129,7 @@ def _tiny(name, form, **overrides):
   return models.build_model(cfg, num_classes=3)
 
 
+@pytest.mark.slow  # whole networks and their gradients, op by op, twice
 @pytest.mark.parametrize(
   'name, overrides',
   [

@@ -34,6 +34,7 @@ def test_single_process_needs_no_job():
   assert distributed.first_on_process_0(lambda first: first, 'nothing') is True
 
 
+@pytest.mark.slow
 def test_shared_workdir_fresh_data_and_gathered_evaluation(tmp_path):
   """Process 0 builds a fresh data_dir while process 1 waits; evaluation across processes
   equals a one-process reference (confusion matrix and kept examples, uneven last batch)."""
@@ -45,6 +46,7 @@ def test_shared_workdir_fresh_data_and_gathered_evaluation(tmp_path):
   assert not [f for f in os.listdir(tmp_path / 'work') if f.startswith('.shared-check')]
 
 
+@pytest.mark.slow
 def test_unshared_workdir_is_refused_by_every_process(tmp_path):
   job = _probe(tmp_path, 'workdir', workdir=tmp_path / 'work{process}')
   assert job.wait(300) == [2, 2], job.all_output()
@@ -55,6 +57,7 @@ def test_unshared_workdir_is_refused_by_every_process(tmp_path):
     ), job.all_output()
 
 
+@pytest.mark.slow
 def test_a_failing_process_stops_the_others_at_once(tmp_path):
   job = _probe(tmp_path, 'fail')
   start = time.monotonic()
@@ -69,6 +72,7 @@ def test_a_failing_process_stops_the_others_at_once(tmp_path):
   assert time.monotonic() - start < 120, job.all_output()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('victim', [1, 0])
 def test_a_killed_process_stops_the_others_promptly(tmp_path, victim):
   job = _probe(tmp_path, 'idle')
@@ -88,6 +92,7 @@ def test_a_killed_process_stops_the_others_promptly(tmp_path, victim):
     assert 'leader task was preempted/died' in out, out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'flags, expected',
   [
@@ -229,6 +234,7 @@ for name, options in [('whole', {}), ('windows', dict(window=16, stride=8, flip=
 """
 
 
+@pytest.mark.slow
 def test_every_step_runs_its_collectives_in_one_order():
   """Over gloo (CPU), two processes pair their collectives' messages only by order. A compiled
   step whose collectives sit in independent places (one in a loop, one outside) may run them in

@@ -36,6 +36,8 @@ FLAGS = (
 NOT_SCORES = ('step', 'fingerprint', 'inference', 'field_size_weights')
 VENV_PYTHON = os.path.join(ROOT, '.venv', 'bin', 'python')  # what cluster/slurm.sbatch runs
 
+pytestmark = pytest.mark.slow  # every test starts a cluster engine or its script
+
 
 def _require(reason):
   """Skips the test for `reason`, or fails it where CI demands the engines."""
@@ -68,10 +70,12 @@ def _log(path) -> str:
     return f.read()
 
 
-def test_slurm_sbatch_trains_like_one_process_and_resumes_after_a_task_is_killed(tmp_path):
+def test_slurm_sbatch_trains_like_one_process_and_resumes_after_a_task_is_killed(
+  tmp_path, tiny_data_dir
+):
   _require(local_slurm.missing())
   _require(None if os.path.exists(VENV_PYTHON) else f'{VENV_PYTHON} missing (README set-up)')
-  data_dir = tmp_path / 'data'
+  data_dir = tiny_data_dir
   expected = _reference(tmp_path, data_dir)
 
   def sbatch(workdir, name):
@@ -233,9 +237,9 @@ def _mpi_missing():
   return None
 
 
-def test_open_mpi_mpirun_trains_like_one_process(tmp_path):
+def test_open_mpi_mpirun_trains_like_one_process(tmp_path, tiny_data_dir):
   _require(_mpi_missing())
-  data_dir = tmp_path / 'data'
+  data_dir = tiny_data_dir
   expected = _reference(tmp_path, data_dir)
   env = {
     **os.environ,

@@ -427,6 +427,7 @@ np.testing.assert_array_equal(np.stack([k[2] for k in kept]), np.asarray(want_pr
 """
 
 
+@pytest.mark.slow
 def test_sliding_flip_eval_on_eight_devices_matches_one():
   """Windows, scales and the flipped views of images of different sizes stay correct with the
   batch split over 8 devices."""

@@ -7,12 +7,14 @@ from tiny import tiny_config
 
 from aaf_jax import checkpoint, errors, train
 
+pytestmark = pytest.mark.slow  # every test builds on a 2-step training run
+
 
 @pytest.fixture(scope='module')
-def source(tmp_path_factory):
+def source(tmp_path_factory, tiny_data_dir):
   """A finished 2-step AAF run: (its config, workdir)."""
   root = tmp_path_factory.mktemp('source')
-  config = tiny_config(str(root / 'tfds'), 'aaf', num_train_steps=2)
+  config = tiny_config(tiny_data_dir, 'aaf', num_train_steps=2)
   train.train_and_evaluate(config, str(root / 'run'))
   return config, str(root / 'run')
 

@@ -9,6 +9,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, 'configs', 'synthetic.py')
 
+pytestmark = pytest.mark.slow  # every test starts launch.py
+
 
 def _launch(*args, env=None, code=None):
   command = [sys.executable, '-c', code] if code else [sys.executable, 'launch.py']

@@ -287,6 +287,13 @@ def test_bn_momentum_and_epsilon_are_used(psp_variables):
   )
   bn = model.make_backbone(parent=None)
   assert (bn.bn_momentum, bn.bn_epsilon) == (0.75, 0.5)
+  # The epsilon where it is used: in evaluation, with the initial statistics (mean 0, variance
+  # 1), bn1 divides the convolution by sqrt(1 + epsilon).
+  _, captured = model.apply(
+    psp_variables, IMAGES, train=False, capture_intermediates=True, mutable=['intermediates']
+  )
+  bn1 = captured['intermediates']['backbone']['bn1']['__call__'][0]
+  np.testing.assert_allclose(bn1, pre_bn / np.sqrt(1.0 + 0.5), rtol=1e-4, atol=1e-5)
 
 
 def test_head_bn_momentum_and_epsilon_are_the_heads_own(psp_variables):

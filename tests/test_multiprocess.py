@@ -31,6 +31,8 @@ TIMEOUT_S = 900  # per job; a healthy one takes about a minute on an idle 2-core
 TINY = ['--config.log_every_steps=2', '--config.checkpoint_every_steps=2', *TINY_FLAGS]
 NOT_SCORES = ('step', 'fingerprint', 'inference', 'field_size_weights')
 
+pytestmark = pytest.mark.slow  # every test starts multi-process jobs
+
 
 def _job(tmp_path, name, data_dir, *flags, processes=2, log_name=None):
   command = launch_command(

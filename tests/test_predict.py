@@ -41,7 +41,13 @@ def _write_images(folder, sizes, seed=0):
   return images
 
 
-@pytest.mark.parametrize('options', [SLIDING, dict(window=0, stride=0, scales=(1.0,), flip=True)])
+@pytest.mark.parametrize(
+  'options',
+  [
+    pytest.param(SLIDING, marks=pytest.mark.slow),  # a program per window, scale and image size
+    dict(window=0, stride=0, scales=(1.0,), flip=True),
+  ],
+)
 def test_predictions_are_each_images_own_at_its_size(tmp_path, net, options):
   model, variables = net
   images = _write_images(tmp_path / 'in', [(20, 31), (9, 40), (300, 17)])
@@ -114,7 +120,8 @@ def test_bad_inputs_are_errors_naming_them(tmp_path, net):
     predict.predict_folder(predictor, str(tmp_path / 'in'), str(tmp_path / 'out'))
 
 
-def test_launch_predict_end_to_end(tmp_path, tmp_path_factory):
+@pytest.mark.slow
+def test_launch_predict_end_to_end(tmp_path, tiny_data_dir):
   """Train a tiny model, then segment a folder with `launch.py --mode=predict` as a user
   would: one file per image at its size, an error line and status 1 for an unreadable one."""
   import os
@@ -125,16 +132,15 @@ def test_launch_predict_end_to_end(tmp_path, tmp_path_factory):
 
   from aaf_jax import train
 
-  data_dir = str(tmp_path_factory.mktemp('tfds'))
   workdir = tmp_path / 'run'
-  train.train_and_evaluate(tiny_config(data_dir, 'ce'), str(workdir))
+  train.train_and_evaluate(tiny_config(tiny_data_dir, 'ce'), str(workdir))
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   config_file = tmp_path / 'tiny_ce.py'
   config_file.write_text(
     'import sys\n'
     f'sys.path.insert(0, {os.path.join(root, "tests")!r})\n'
     'from tiny import tiny_config\n\n\n'
-    f'def get_config():\n  return tiny_config({data_dir!r}, "ce")\n'
+    f'def get_config():\n  return tiny_config({tiny_data_dir!r}, "ce")\n'
   )
   images = _write_images(tmp_path / 'photos', [(40, 52), (23, 30)])
   (tmp_path / 'photos' / 'broken.png').write_bytes(b'\x89PNG truncated')

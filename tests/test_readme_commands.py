@@ -54,6 +54,7 @@ def fresh_clone_path(tmp_path_factory):
   return str(site)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('target, args', documented_commands())
 def test_documented_command_runs(target, args, tmp_path, fresh_clone_path):
   if target == 'launch.py':

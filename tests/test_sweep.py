@@ -163,10 +163,10 @@ def test_shards_split_the_runs_and_the_last_writes_the_summary(tmp_path):
   assert [r['status'] for r in summary['runs']] == ['finished'] * 4
 
 
-def test_real_sweep_trains_then_a_rerun_trains_nothing(tmp_path):
+@pytest.mark.slow
+def test_real_sweep_trains_then_a_rerun_trains_nothing(tmp_path, tiny_data_dir):
   """Two grid points of real tiny runs; the rerun finds both finished and skips them."""
-  data_dir = str(tmp_path / 'tfds')
-  config = tiny_config(data_dir, num_train_steps=2)
+  config = tiny_config(tiny_data_dir, num_train_steps=2)
   runs = sweep.plan(config, str(tmp_path / 'sweep'), ['loss.margin=[1.0, 2.0]'], 1)
   assert sweep.run_sweep(runs, str(tmp_path / 'sweep')) == {'trained': 2, 'skipped': 0, 'failed': 0}
   summary = json.loads((tmp_path / 'sweep' / 'summary.json').read_text())
@@ -180,6 +180,7 @@ def test_real_sweep_trains_then_a_rerun_trains_nothing(tmp_path):
   assert sweep.run_sweep(runs, str(tmp_path / 'sweep')) == {'trained': 0, 'skipped': 2, 'failed': 0}
 
 
+@pytest.mark.slow
 def test_launch_names_a_bad_sweep_argument_before_anything_runs(tmp_path):
   def launch(*flags):
     return subprocess.run(

@@ -163,6 +163,7 @@ def test_registry_rejects_unknown_names_and_missing_data_dir(tmp_path):
     data.get_builder(ml_collections.ConfigDict(dict(name='synthetic', data_dir=None)))
 
 
+@pytest.mark.slow
 def test_registry_imports_builders_lazily():
   code = (
     'import sys, aaf_jax.data as d; '
@@ -172,6 +173,7 @@ def test_registry_imports_builders_lazily():
   subprocess.run([sys.executable, '-c', code], check=True, capture_output=True)
 
 
+@pytest.mark.slow
 def test_a_job_waits_for_another_preparing_the_same_data_and_then_reuses_it(tmp_path):
   """Two jobs on one machine (sweep shards, say) with a fresh data_dir: the second waits on the
   first's preparation lock and then reads its data, instead of racing it to the same folder."""

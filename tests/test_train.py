@@ -10,15 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from launching import ROOT, TINY_FLAGS, launch_command, synthetic_config, xla_flags
-from tiny import tiny_config
+from launching import ROOT, launch_command, synthetic_config, xla_flags
+from tiny import tiny_config, tiny_flags
 
 from aaf_jax import checkpoint, evaluate, models, optim, run_record, step, train
-
-
-@pytest.fixture(scope='session')
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp('tfds'))
 
 
 def test_shrink_labels_and_cross_entropy_ignore_255():
@@ -32,9 +27,10 @@ def test_shrink_labels_and_cross_entropy_ignore_255():
   np.testing.assert_allclose(acc, 1.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('loss', ['ce', 'affinity', 'aaf'])
-def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
-  results = train.train_and_evaluate(tiny_config(data_dir, loss), str(tmp_path))
+def test_train_and_evaluate_writes_results(tiny_data_dir, tmp_path, loss):
+  results = train.train_and_evaluate(tiny_config(tiny_data_dir, loss), str(tmp_path))
   saved = json.loads((tmp_path / 'results.json').read_text())
   assert saved['step'] == 4
   assert 0 <= saved['miou'] <= 1 and 0 <= saved['pixel_acc'] <= 1
@@ -61,7 +57,7 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
       np.testing.assert_allclose(sum(row), 1.0, rtol=1e-5)
     assert (tmp_path / 'field_sizes.png').stat().st_size > 0
     # --mode=eval on the same workdir reproduces the final evaluation, into a file.
-    again = train.evaluate_checkpoint(tiny_config(data_dir, loss), str(tmp_path))
+    again = train.evaluate_checkpoint(tiny_config(tiny_data_dir, loss), str(tmp_path))
     written = json.loads((tmp_path / 'eval-synthetic-validation.json').read_text())
     assert written == json.loads(json.dumps(again))
     keys = ('miou', 'pixel_acc', 'per_class_iou', 'confusion', 'boundary_iou')
@@ -81,8 +77,8 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
     assert 'field_size_weights' not in saved
 
 
-def test_one_update_descends_on_the_network_and_ascends_on_the_tables(data_dir):
-  config = tiny_config(data_dir, 'aaf')
+def test_one_update_descends_on_the_network_and_ascends_on_the_tables():
+  config = tiny_config('/unused', 'aaf')
   model = models.build_model(config.model, num_classes=7)
   tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
   state = step.init_state_fn(model, tx, config, 7, 32)(jax.random.key(0))
@@ -94,6 +90,7 @@ def test_one_update_descends_on_the_network_and_ascends_on_the_tables(data_dir):
   train_step = jax.jit(step.make_train_step(model, tx, config, 7))
   loss_fn = step.make_loss_fn(model, config, 7)
 
+  @jax.jit
   def objective(params):
     return loss_fn(params, state.batch_stats, batch['image'], batch['label'], 0, jax.random.key(0))[
       0
@@ -109,9 +106,9 @@ def test_one_update_descends_on_the_network_and_ascends_on_the_tables(data_dir):
   assert float(objective(network_moved)) < float(before)
 
 
-def test_gradient_accumulation_matches_one_big_batch(data_dir):
-  config = tiny_config(data_dir, 'aaf')
-  accum = tiny_config(data_dir, 'aaf', grad_accum_steps=2)
+def test_gradient_accumulation_matches_one_big_batch():
+  config = tiny_config('/unused', 'aaf')
+  accum = tiny_config('/unused', 'aaf', grad_accum_steps=2)
   model = models.build_model(config.model, num_classes=7)
   tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
   state = step.init_state_fn(model, tx, config, 7, 32)(jax.random.key(0))
@@ -139,17 +136,18 @@ def test_gradient_accumulation_matches_one_big_batch(data_dir):
     ({'compute_dtype': 'float16'}, r"config.compute_dtype='float16'"),
   ],
 )
-def test_bad_config_fails_before_the_first_step(data_dir, tmp_path, override, match):
+def test_bad_config_fails_before_the_first_step(tiny_data_dir, tmp_path, override, match):
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(tiny_config(data_dir, **override), str(tmp_path))
+    train.train_and_evaluate(tiny_config(tiny_data_dir, **override), str(tmp_path))
   assert not (tmp_path / 'checkpoints').exists() or not os.listdir(tmp_path / 'checkpoints')
 
 
-def test_workdir_of_a_different_config_is_refused_listing_every_field(data_dir, tmp_path):
-  train.train_and_evaluate(tiny_config(data_dir, num_train_steps=2), str(tmp_path))
+@pytest.mark.slow
+def test_workdir_of_a_different_config_is_refused_listing_every_field(tiny_data_dir, tmp_path):
+  train.train_and_evaluate(tiny_config(tiny_data_dir, num_train_steps=2), str(tmp_path))
   results = (tmp_path / 'results.json').read_text()
   changed = tiny_config(
-    data_dir,
+    tiny_data_dir,
     num_train_steps=2,
     **{'model.head_width': 16, 'loss.margin': 2.0, 'optimizer.learning_rate': 0.05},
   )
@@ -168,14 +166,17 @@ def test_workdir_of_a_different_config_is_refused_listing_every_field(data_dir, 
     train.evaluate_checkpoint(changed, str(tmp_path))
 
 
-def test_run_record_and_resumable_fields(data_dir, tmp_path):
-  config = tiny_config(data_dir, num_train_steps=2)
+@pytest.mark.slow
+def test_run_record_and_resumable_fields(tiny_data_dir, tmp_path):
+  config = tiny_config(tiny_data_dir, num_train_steps=2)
   first = train.train_and_evaluate(config, str(tmp_path))
   record = json.loads((tmp_path / 'config.json').read_text())
   assert record['config'] == json.loads(json.dumps(config.to_dict()))
   assert record['fingerprint'] == first['fingerprint'] == run_record.fingerprint(config)
   # Logging and checkpoint cadence may change on resume; the fingerprint does not.
-  cadence = tiny_config(data_dir, num_train_steps=2, log_every_steps=1, checkpoint_every_steps=1)
+  cadence = tiny_config(
+    tiny_data_dir, num_train_steps=2, log_every_steps=1, checkpoint_every_steps=1
+  )
   again = train.train_and_evaluate(cadence, str(tmp_path))
   assert again == first
   assert json.loads((tmp_path / 'config.json').read_text())['config']['log_every_steps'] == 1
@@ -184,14 +185,19 @@ def test_run_record_and_resumable_fields(data_dir, tmp_path):
   assert starts[0]['device_count'] == jax.device_count() and starts[0]['process_count'] == 1
   assert starts[0]['packages']['jax'] == jax.__version__
   assert 'git_commit' in starts[0]
-  assert (
-    run_record.fingerprint(tiny_config(data_dir, **{'loss.margin': 2.0})) != first['fingerprint']
-  )
+  # A field that changes the weights changes it: the run's config with that field alone changed.
+  margin = tiny_config(tiny_data_dir, num_train_steps=2, **{'loss.margin': 2.0})
+  assert run_record.fingerprint(margin) != first['fingerprint']
 
 
-def test_non_finite_loss_stops_without_checkpointing_it(data_dir, tmp_path):
+@pytest.mark.slow
+def test_non_finite_loss_stops_without_checkpointing_it(tiny_data_dir, tmp_path):
   config = tiny_config(
-    data_dir, 'ce', num_train_steps=6, checkpoint_every_steps=1, **{'optimizer.learning_rate': 1e30}
+    tiny_data_dir,
+    'ce',
+    num_train_steps=6,
+    checkpoint_every_steps=1,
+    **{'optimizer.learning_rate': 1e30},
   )
   with pytest.raises(FloatingPointError, match=r'at step (\d)') as err:
     train.train_and_evaluate(config, str(tmp_path))
@@ -209,9 +215,7 @@ def _launch(workdir, data_dir, *flags, env=None):
     launch_command(
       synthetic_config(data_dir, 12),
       f'--workdir={workdir}',
-      '--config.log_every_steps=2',
-      '--config.checkpoint_every_steps=2',
-      *TINY_FLAGS,
+      *tiny_flags(cadence=True),
       *flags,
     ),
     cwd=ROOT,
@@ -236,19 +240,20 @@ def _final_params(workdir):
   return max(steps), state['params']
 
 
-def test_killed_run_resumes_to_the_same_result(data_dir, tmp_path):
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tiny_data_dir, tmp_path):
   """SIGKILL a run after its first checkpoint; the resumed run ends exactly as an unbroken one."""
   whole, broken = tmp_path / 'whole', tmp_path / 'broken'
-  reference = _launch(whole, data_dir)
+  reference = _launch(whole, tiny_data_dir)
   assert reference.wait(timeout=600) == 0, reference.stdout.read()
-  victim = _launch(broken, data_dir)
+  victim = _launch(broken, tiny_data_dir)
   deadline = time.time() + 600
   while not (broken / 'checkpoints' / '4').exists():
     assert victim.poll() is None and time.time() < deadline, victim.stdout.read()
     time.sleep(0.2)
   victim.send_signal(signal.SIGKILL)
   victim.wait()
-  resumed = _launch(broken, data_dir)
+  resumed = _launch(broken, tiny_data_dir)
   out = resumed.communicate(timeout=600)[0]
   assert resumed.returncode == 0, out
   assert 'Resumed from' in out
@@ -262,14 +267,15 @@ def test_killed_run_resumes_to_the_same_result(data_dir, tmp_path):
   assert results_a == results_b
 
 
-def test_eight_devices_match_one(data_dir, tmp_path):
+@pytest.mark.slow
+def test_eight_devices_match_one(tiny_data_dir, tmp_path):
   """The same run on 1 CPU device and on 8 simulated ones: same losses and parameters."""
   runs = {}
   for devices in (1, 8):
     workdir = tmp_path / f'd{devices}'
     proc = _launch(
       workdir,
-      data_dir,
+      tiny_data_dir,
       '--config.num_train_steps=3',
       env={'XLA_FLAGS': xla_flags(devices)},
     )
@@ -280,11 +286,12 @@ def test_eight_devices_match_one(data_dir, tmp_path):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
 
-def test_train_step_compiles_once(data_dir, tmp_path, caplog):
+@pytest.mark.slow
+def test_train_step_compiles_once(tiny_data_dir, tmp_path, caplog):
   """A recompile per step (a shape or dtype drifting) would make training crawl."""
   caplog.set_level('WARNING')
   with jax.log_compiles(True):
-    train.train_and_evaluate(tiny_config(data_dir, 'aaf', num_train_steps=5), str(tmp_path))
+    train.train_and_evaluate(tiny_config(tiny_data_dir, 'aaf', num_train_steps=5), str(tmp_path))
   compiles = [
     r.getMessage()
     for r in caplog.records

@@ -185,6 +185,7 @@ def test_loss_kinds_are_defined_once():
   assert [k for k in loss_kinds.LOSS_KINDS if loss_kinds.get(k).learns_tables] == ['aaf']
 
 
+@pytest.mark.slow
 def test_loading_configs_imports_no_jax():
   code = (
     'import sys\n'
@@ -199,6 +200,7 @@ def test_loading_configs_imports_no_jax():
   assert out.returncode == 0, out.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   'override, message',
   [
