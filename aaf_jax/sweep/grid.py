@@ -340,7 +340,7 @@ def eval_sets(config_spec: str, names) -> dict:
   if not hasattr(module, 'get_eval_sets'):
     raise SweepError(
       f'{where}: {path} defines no evaluation sets (a function get_eval_sets(arg) returning '
-      "{name: {field: value}}, e.g. {'shifted': {'data.eval_split': 'validation_shifted'}})."
+      "{name: {field: value}}, e.g. {'shifted': {'data.eval_split': 'shifted'}})."
     )
   defined = module.get_eval_sets(arg)
   if not isinstance(defined, dict) or not all(isinstance(v, dict) for v in defined.values()):
