@@ -13,7 +13,16 @@ import pytest
 from launching import ROOT, TINY_FLAGS, launch_command, synthetic_config, xla_flags
 from tiny import tiny_config
 
-from aaf_jax import checkpoint, evaluate, models, objective, optim, run_record, step, train
+from aaf_jax import (
+  evaluate,
+  models,
+  objective,
+  optim,
+  run_record,
+  same_run,
+  step,
+  train,
+)
 
 
 @pytest.fixture(scope='session')
@@ -142,7 +151,7 @@ def test_workdir_of_a_different_config_is_refused_listing_every_field(data_dir, 
     num_train_steps=2,
     **{'model.head_width': 16, 'loss.margin': 2.0, 'optimizer.learning_rate': 0.05},
   )
-  with pytest.raises(checkpoint.ConfigMismatchError, match=r'Differences \(3\)') as err:
+  with pytest.raises(same_run.ConfigMismatchError, match=r'Differences \(3\)') as err:
     train.train_and_evaluate(changed, str(tmp_path))
   for difference in (
     'config.loss.margin: checkpoint 3.0, config 2.0',
@@ -153,7 +162,7 @@ def test_workdir_of_a_different_config_is_refused_listing_every_field(data_dir, 
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
   assert (tmp_path / 'results.json').read_text() == results
   # --mode=eval compares only the network's fields: a different margin is fine there.
-  with pytest.raises(checkpoint.ConfigMismatchError, match=r'Differences \(1\): config.model.hea'):
+  with pytest.raises(same_run.ConfigMismatchError, match=r'Differences \(1\): config.model.hea'):
     train.evaluate_checkpoint(changed, str(tmp_path))
 
 
