@@ -25,13 +25,14 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
+from aaf_jax import validation
 from aaf_jax.data import base
 
 CLASS_NAMES = ('background', 'disc', 'box', 'triangle', 'ring', 'bar', 'star')
 IGNORE_LABEL = 255
 _SOLID = (1, 2, 3)  # disc, box, triangle: the classes that may get a void band
 _SPLIT_CODES = {'train': 0, 'validation': 1}
-LAYOUTS = ('shapes', 'multiscale')
+LAYOUTS = validation.SYNTHETIC_LAYOUTS
 # layout 'multiscale': each class's radius as a fraction of the image side (strokes keep
 # thin_width), and the order of drawing (larger first).
 _LARGE = (1, 2)  # disc, box: the large, textured classes of layout 'multiscale'
