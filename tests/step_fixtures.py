@@ -5,16 +5,15 @@ import jax.numpy as jnp
 import numpy as np
 from tiny import tiny_config
 
-from aaf_jax import models, optim, step
+from aaf_jax import builder
 
 NUM_CLASSES = 7
 
 
 def tiny_state(loss='aaf', **overrides):
   config = tiny_config('/unused', loss, **overrides)
-  model = models.build_model(config.model, num_classes=NUM_CLASSES)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  state = jax.jit(step.init_state_fn(model, tx, config, NUM_CLASSES, 32))(jax.random.key(0))
+  trainable = builder.build(config, NUM_CLASSES)
+  model, tx, state = trainable.model, trainable.tx, trainable.init_state()
   # Confident, varied predictions (a larger classifier), so that both affinity terms are far
   # from 0: at init every pixel predicts nearly the uniform distribution.
   model_params = jax.tree_util.tree_map_with_path(

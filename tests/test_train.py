@@ -13,16 +13,7 @@ import pytest
 from launching import ROOT, TINY_FLAGS, launch_command, synthetic_config, xla_flags
 from tiny import tiny_config
 
-from aaf_jax import (
-  evaluate,
-  models,
-  objective,
-  optim,
-  run_record,
-  same_run,
-  step,
-  train,
-)
+from aaf_jax import builder, evaluate, objective, run_record, same_run, step, train
 
 
 @pytest.fixture(scope='session')
@@ -81,9 +72,8 @@ def test_train_and_evaluate_writes_results(data_dir, tmp_path, loss):
 
 def test_one_update_descends_on_the_network_and_ascends_on_the_tables(data_dir):
   config = tiny_config(data_dir, 'aaf')
-  model = models.build_model(config.model, num_classes=7)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  state = step.init_state_fn(model, tx, config, 7, 32)(jax.random.key(0))
+  trainable = builder.build(config, 7)
+  model, tx, state = trainable.model, trainable.tx, trainable.init_state()
   rng = np.random.default_rng(0)
   batch = {
     'image': jnp.asarray(rng.normal(size=(4, 32, 32, 3)) * 50, jnp.float32),
@@ -110,9 +100,8 @@ def test_one_update_descends_on_the_network_and_ascends_on_the_tables(data_dir):
 def test_gradient_accumulation_matches_one_big_batch(data_dir):
   config = tiny_config(data_dir, 'aaf')
   accum = tiny_config(data_dir, 'aaf', grad_accum_steps=2)
-  model = models.build_model(config.model, num_classes=7)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  state = step.init_state_fn(model, tx, config, 7, 32)(jax.random.key(0))
+  trainable = builder.build(config, 7)
+  model, tx, state = trainable.model, trainable.tx, trainable.init_state()
   rng = np.random.default_rng(1)
   images = rng.normal(size=(2, 32, 32, 3)) * 50
   labels = rng.integers(0, 7, size=(2, 32, 32))
