@@ -45,9 +45,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from aaf_jax import loss_kinds
-
-_EPS = 1e-4  # the spec's clipping floor for q, 1-q, p and 1-p
+from aaf_jax import affinity_pallas, loss_kinds
+from aaf_jax.affinity_core import EPS, PairSums, clip_slope, offsets
 
 # How the per-pixel pair sums are computed: 'xla', the jnp form below; 'pallas', the fused
 # kernels of affinity_pallas.py (Triton on GPUs, the Pallas interpreter on the CPU). Both give
@@ -146,20 +145,9 @@ def adaptive_affinity_loss(
   )
 
 
-class _PairSums(NamedTuple):
-  """Per-centre-pixel sums over the 8 offsets of one size, each [N,H,W] float32."""
-
-  edge: jax.Array
-  nonedge: jax.Array
-  edge_count: jax.Array
-  nonedge_count: jax.Array
-
-
 def _pair_sums(probs, labels, num_classes, sizes, margin, implementation='xla'):
-  """One _PairSums per size, differentiable w.r.t. probs (any float dtype) by a custom VJP."""
+  """One PairSums per size, differentiable w.r.t. probs (any float dtype) by a custom VJP."""
   if implementation == 'pallas':
-    from aaf_jax import affinity_pallas  # imports this module: import it late
-
     return affinity_pallas.pair_sums(probs, labels, num_classes, sizes, margin)
   return _pair_sums_jit(
     jnp.asarray(probs), jnp.asarray(labels), num_classes, tuple(sizes), float(margin)
@@ -170,11 +158,6 @@ def _pair_sums(probs, labels, num_classes, sizes, margin, implementation='xla'):
 def _pair_sums_jit(probs, labels, num_classes, sizes, margin):
   """Compiled as one program, so eager callers don't dispatch hundreds of small ops."""
   return _pair_sums_f32(probs.astype(jnp.float32), labels, num_classes, sizes, margin)
-
-
-def _offsets(size):
-  """Spec item 1: the 8 offsets (dy, dx) in {-s, 0, s}^2 other than (0, 0)."""
-  return tuple((dy, dx) for dy in (-size, 0, size) for dx in (-size, 0, size) if (dy, dx) != (0, 0))
 
 
 class _Shifter:
@@ -212,8 +195,8 @@ class _Pixels(NamedTuple):
 
 def _pixels(probs, labels, num_classes, shifter):
   """a, b, their logs, the labels and their validity, plus padded copies for shifted views."""
-  pos = jnp.clip(probs, _EPS, 1.0)
-  neg = jnp.clip(1.0 - probs, _EPS, 1.0)  # from the unclipped p
+  pos = jnp.clip(probs, EPS, 1.0)
+  neg = jnp.clip(1.0 - probs, EPS, 1.0)  # from the unclipped p
   cls = _class_index(labels, num_classes)
   valid = cls < num_classes
   tensors = dict(pos=pos, neg=neg, log_pos=jnp.log(pos), log_neg=jnp.log(neg))
@@ -257,7 +240,7 @@ def _forward(probs, labels, num_classes, sizes, margin):
   for size in sizes:
     edge = nonedge = edge_count = nonedge_count = 0.0
     gates = []
-    for dy, dx in _offsets(size):
+    for dy, dx in offsets(size):
       pair = _pair_labels(px, shifter, dy, dx)
       pos_j, neg_j, log_pos_j, log_neg_j = (
         shifter.at(px.padded[name], dy, dx) for name in ('pos', 'neg', 'log_pos', 'log_neg')
@@ -287,7 +270,7 @@ def _forward(probs, labels, num_classes, sizes, margin):
       nonedge_count += jnp.where(
         pair.differ, num_classes - 2.0, jnp.where(pair.same, float(num_classes), 0.0)
       )
-    all_sums.append(_PairSums(edge, nonedge, edge_count, nonedge_count))
+    all_sums.append(PairSums(edge, nonedge, edge_count, nonedge_count))
     all_gates.append(tuple(gates))
   return tuple(all_sums), tuple(all_gates)
 
@@ -316,7 +299,7 @@ def _pair_sums_bwd(num_classes, sizes, margin, residuals, sums_bar):
   # ... and sum_o G(k, o) a_{k+o}, pixel k as a centre (the same for b).
   as_centre_pos = as_centre_neg = 0.0
   for size, bar, size_gates in zip(sizes, sums_bar, gates):
-    for (dy, dx), (gate_centre, gate_neighbour) in zip(_offsets(size), size_gates):
+    for (dy, dx), (gate_centre, gate_neighbour) in zip(offsets(size), size_gates):
       pair = _pair_labels(px, shifter, dy, dx)
       alpha = jnp.where(pair.kept, bar.nonedge, 0.0)  # [N,H,W]
       beta_centre = -(
@@ -349,17 +332,10 @@ def _pair_sums_bwd(num_classes, sizes, margin, residuals, sums_bar):
       )
   d_pos = as_neighbour_pos - as_centre_pos / px.pos
   d_neg = as_neighbour_neg - as_centre_neg / px.neg
-  return d_pos * _clip_slope(probs) - d_neg * _clip_slope(1.0 - probs), None
+  return d_pos * clip_slope(probs) - d_neg * clip_slope(1.0 - probs), None
 
 
 _pair_sums_f32.defvjp(_pair_sums_fwd, _pair_sums_bwd)
-
-
-def _clip_slope(x):
-  """d clip(x, EPS, 1) / dx as jnp.clip's autodiff gives it: 1 inside, 1/2 on a bound, 0 out."""
-  inside = (x > _EPS) & (x < 1.0)
-  on_bound = (x == _EPS) | (x == 1.0)
-  return jnp.where(inside, 1.0, jnp.where(on_bound, 0.5, 0.0))
 
 
 def _class_index(labels, num_classes):

@@ -1,10 +1,11 @@
 """The affinity pair sums of affinity.py as two fused Pallas kernels (forward and backward).
 
-Same math, same outputs as affinity._pair_sums: per size, the [N,H,W] edge and non-edge sums
-and counts of every centre pixel (the derivation is affinity.py's module docstring). The XLA
-form builds one shifted [N,H,W,C] tensor per offset; here one program per (image, row, block
-of BLOCK_WIDTH columns) loops over the offsets of all sizes and keeps everything per class in
-registers, so only [N,H,W] values (forward) and dL/dprobs (backward) reach memory.
+Same math, same outputs as the XLA form in affinity.py (what both share sits below both, in
+affinity_core.py): per size, the [N,H,W] edge and non-edge sums and counts of every centre
+pixel (the derivation is affinity.py's module docstring). The XLA form builds one shifted
+[N,H,W,C] tensor per offset; here one program per (image, row, block of BLOCK_WIDTH columns)
+loops over the offsets of all sizes and keeps everything per class in registers, so only
+[N,H,W] values (forward) and dL/dprobs (backward) reach memory.
 
 Written for Pallas's Triton lowering: every shifted neighbour is loaded straight from a
 pre-padded ref (`pl.ds` with a shifted start), never sliced from a loaded value; every array
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from aaf_jax import affinity
+from aaf_jax.affinity_core import EPS, PairSums, clip_slope, offsets
 
 BLOCK_WIDTH = 32  # columns per program; a power of two (Triton's rule)
 
@@ -40,7 +41,7 @@ _TRITON = pltriton.CompilerParams(num_warps=4, num_stages=1)
 
 
 def pair_sums(probs, labels, num_classes, sizes, margin, *, interpret=None):
-  """affinity._pair_sums by the fused kernels; interpret=None interprets on the CPU only."""
+  """The pair sums (one affinity_core.PairSums per size) by the fused kernels; interpret=None interprets on the CPU only."""
   backend = jax.default_backend()
   if interpret is None:
     interpret = backend == 'cpu'
@@ -121,8 +122,8 @@ class _Loader:
 
   def row(self, dy, dx):
     probs = self.probs(dy, dx)
-    pos = jnp.clip(probs, affinity._EPS, 1.0)
-    neg = jnp.clip(1.0 - probs, affinity._EPS, 1.0)  # from the unclipped p
+    pos = jnp.clip(probs, EPS, 1.0)
+    neg = jnp.clip(1.0 - probs, EPS, 1.0)  # from the unclipped p
     return _Row(pos, neg, jnp.log(pos), jnp.log(neg), self.cls(dy, dx))
 
 
@@ -167,7 +168,7 @@ def _forward_kernel(probs_ref, cls_ref, *out_refs, sizes, margin, num_classes, l
   for k, size in enumerate(sizes):
     zeros = jnp.zeros((layout.block,), jnp.float32)
     edge, nonedge, edge_count, nonedge_count = zeros, zeros, zeros, zeros
-    for dy, dx in affinity._offsets(size):
+    for dy, dx in offsets(size):
       pair = _pair(centre, load.row(dy, dx), load.cls(-dy, -dx))
       edge += jnp.where(pair.differ & (pair.kl_centre < margin), margin - pair.kl_centre, 0.0)
       edge += jnp.where(pair.differ & (pair.kl_neighbour < margin), margin - pair.kl_neighbour, 0.0)
@@ -211,7 +212,7 @@ def _backward_kernel(
   zeros = jnp.zeros((layout.block, layout.channels), jnp.float32)
   as_centre_pos, as_centre_neg, as_neighbour_pos, as_neighbour_neg = zeros, zeros, zeros, zeros
   for k, size in enumerate(sizes):
-    for dy, dx in affinity._offsets(size):
+    for dy, dx in offsets(size):
       # The pair (k, k + o): k is its centre.
       neighbour = load.row(dy, dx)
       g = _pair_cotangent(
@@ -235,7 +236,7 @@ def _backward_kernel(
   probs = load.probs(0, 0)
   d_pos = as_neighbour_pos - as_centre_pos / here.pos
   d_neg = as_neighbour_neg - as_centre_neg / here.neg
-  dprobs_ref[...] = d_pos * affinity._clip_slope(probs) - d_neg * affinity._clip_slope(1.0 - probs)
+  dprobs_ref[...] = d_pos * clip_slope(probs) - d_neg * clip_slope(1.0 - probs)
 
 
 def _full_spec(shape):
@@ -262,8 +263,7 @@ def _forward(probs, labels, num_classes, sizes, margin, interpret):
   )(probs_p, cls_p)
   width = probs.shape[2]
   return tuple(
-    affinity._PairSums(*(x[:, :, :width] for x in outs[4 * k : 4 * k + 4]))
-    for k in range(len(sizes))
+    PairSums(*(x[:, :, :width] for x in outs[4 * k : 4 * k + 4])) for k in range(len(sizes))
   )
 
 

@@ -1,13 +1,8 @@
-"""Checkpoints: the resume order, the init checkpoint, the donation-safe save, the config check.
-
-Resume order (`restore_or_init`): the workdir's latest checkpoint (state and data position,
-so the run continues exactly as if never stopped), else `config.init_checkpoint` (network
-weights and BatchNorm statistics only; the AAF tables, step, optimizer state and loss decay
-start afresh, as stage 2 of the VOC recipe does), else the ImageNet backbone named by
-`config.model.pretrained`, else from scratch.
+"""Checkpoint storage: the donation-safe save, restore, and recovery from a damaged checkpoint.
 
 Each `checkpoints/STEP/` holds `state` (the TrainState), `data` (the input iterator's state)
-and `meta` ({'config': the flat config, 'fingerprint', 'num_classes'}; see run_record.py).
+and `meta` (a JSON dict the caller writes and checks; see same_run.py). Knows no config: which
+checkpoint a run may continue from is same_run.py's, the resume order resume.py's.
 """
 
 import os
@@ -16,18 +11,14 @@ import jax
 import orbax.checkpoint as ocp
 from absl import logging
 
-from aaf_jax import errors, presets, run_record
+from aaf_jax import errors
 
 
 class DamagedCheckpointError(errors.UserError):
   """No checkpoint of the workdir can be read, though some are there."""
 
 
-class ConfigMismatchError(errors.UserError):
-  """A checkpoint made with a config the current run may not continue from."""
-
-
-def _abstract(tree, shardings):
+def abstract(tree, shardings):
   """ShapeDtypeStructs of `tree` (arrays or abstract values) placed by `shardings`."""
   return jax.tree.map(
     lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings
@@ -39,7 +30,8 @@ def network_part(state):
   return {'params': {'model': state.params['model']}, 'batch_stats': state.batch_stats}
 
 
-def _with_network(state, network):
+def with_network(state, network):
+  """`state` with the network part (as `network_part` gives it) replaced by `network`."""
   return state.replace(
     params={**state.params, 'model': network['params']['model']},
     batch_stats=network['batch_stats'],
@@ -136,49 +128,7 @@ class Checkpointer:
     self.close()
 
 
-def checkpoint_meta(config, num_classes: int) -> dict:
-  return {
-    'config': run_record.flatten(config),
-    'fingerprint': run_record.fingerprint(config),
-    'num_classes': num_classes,
-  }
-
-
-def network_fields(flat_config: dict) -> list[str]:
-  """The fields that define the network's parameters: config.model's, less the trainer's."""
-  return [
-    k
-    for k in flat_config
-    if k.startswith('model.')
-    and k.split('.', 1)[1] not in presets.TRAINER_FIELDS
-    and k not in run_record.RESUMABLE_FIELDS
-  ]
-
-
-def check_meta(meta: dict, config, num_classes: int, where: str, network_only=False) -> None:
-  """ConfigMismatchError listing every field where a checkpoint's config and `config` differ.
-
-  Resuming compares every field but the resumable ones (run_record.RESUMABLE_FIELDS);
-  `network_only` (evaluation, an init checkpoint) compares the network's fields alone.
-  """
-  if 'config' not in meta:
-    raise ConfigMismatchError(
-      f'{where} holds a checkpoint written before runs recorded their config, so it cannot be '
-      'checked against this one; use another workdir.'
-    )
-  current = run_record.flatten(config)
-  fields = network_fields({**meta['config'], **current}) if network_only else None
-  differences = run_record.differences(meta['config'], current, fields)
-  if meta.get('num_classes') != num_classes:
-    differences.append(f'num_classes: checkpoint {meta.get("num_classes")}, config {num_classes}')
-  if differences:
-    raise ConfigMismatchError(
-      f'{where} holds a checkpoint made with a different config; use another workdir or the '
-      f'matching config. Differences ({len(differences)}): ' + '; '.join(differences)
-    )
-
-
-def _describe(error: Exception) -> str:
+def describe(error: Exception) -> str:
   """The first line of an error from Orbax or TensorStore, kept short for a one-line report."""
   lines = str(error).strip().splitlines()
   text = errors.one_line(lines[0]) if lines else ''
@@ -186,39 +136,40 @@ def _describe(error: Exception) -> str:
   return f'{type(error).__name__}: {text}' if text else type(error).__name__
 
 
-def _restore_intact(checkpointer, step, abstract, config, num_classes):
+def _restore_intact(checkpointer, step, abstract, check_meta):
   """(the restored checkpoint, None), or (None, (the part that failed, what went wrong)).
 
-  Each part is read on its own so the report names it; a config mismatch is not damage and
-  raises ConfigMismatchError.
+  Each part is read on its own so the report names it; `check_meta(meta, where)` may raise (a
+  checkpoint of another run is not damage).
   """
   where = checkpointer.step_dir(step)
   try:
     meta = checkpointer.meta(step)
   except Exception as e:  # Orbax and TensorStore raise many types; any means unreadable
-    return None, (os.path.join(where, 'meta'), _describe(e))
-  check_meta(meta, config, num_classes, f'workdir {checkpointer.directory}')
+    return None, (os.path.join(where, 'meta'), describe(e))
+  check_meta(meta, f'workdir {checkpointer.directory}')
   try:
     checkpointer.data_position(step)
   except Exception as e:
-    return None, (os.path.join(where, 'data'), _describe(e))
+    return None, (os.path.join(where, 'data'), describe(e))
   try:
     return checkpointer.restore_step(step, abstract), None
   except Exception as e:
-    return None, (os.path.join(where, 'state'), _describe(e))
+    return None, (os.path.join(where, 'state'), describe(e))
 
 
-def restore_latest_intact(checkpointer, abstract, config, num_classes):
+def restore_latest_intact(checkpointer, abstract, check_meta):
   """(restored {'state', 'data'}, step) of the newest readable checkpoint, or None if none is there.
 
   Newer checkpoints that cannot be read (a crash mid-save, a full disk, bit rot) are reported,
   one line each, and moved to WORKDIR/damaged_checkpoints/; the run goes on from the newest
   intact one exactly as it went on from there before. If none can be read, nothing is moved
-  and DamagedCheckpointError says what to do.
+  and DamagedCheckpointError says what to do. `check_meta(meta, where)` is called on each
+  checkpoint's meta before its state is read, and may raise.
   """
   damaged = []
   for step in reversed(checkpointer.all_steps()):
-    restored, failure = _restore_intact(checkpointer, step, abstract, config, num_classes)
+    restored, failure = _restore_intact(checkpointer, step, abstract, check_meta)
     if failure is None:
       for bad_step, (part, problem) in damaged:
         moved = checkpointer.move_aside(bad_step)
@@ -241,60 +192,8 @@ def restore_latest_intact(checkpointer, abstract, config, num_classes):
   return None
 
 
-def restore_or_init(checkpointer, config, init, state_sharding, rng, num_classes):
-  """(state, data iterator state or None), following the resume order of the module docstring."""
-  abstract = _abstract(jax.eval_shape(init, rng), state_sharding)
-  found = restore_latest_intact(checkpointer, abstract, config, num_classes)
-  if found is not None:
-    restored, step = found
-    logging.info('Resumed from %s at step %d.', checkpointer.directory, step)
-    return restored['state'], restored['data']
-  state = jax.jit(init, out_shardings=state_sharding)(rng)
-  if config.init_checkpoint:
-    return load_init_checkpoint(config, state, state_sharding, num_classes), None
-  if config.model.pretrained:
-    return load_pretrained(config, state, state_sharding), None
-  return state, None
-
-
-def _checkpoint_dir(path: str) -> str:
-  """A run's workdir or its checkpoints/ folder -> the workdir (what Checkpointer takes)."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return path
-  if os.path.basename(path) == 'checkpoints' and os.path.isdir(path):
-    return os.path.dirname(path)
-  raise errors.MissingFileError(
-    f'config.init_checkpoint={path!r}: no checkpoints/ folder there (expected a workdir).'
-  )
-
-
-def load_init_checkpoint(config, state, state_sharding, num_classes: int):
-  """`state` with the network weights and BN statistics of `config.init_checkpoint`'s run."""
-  path = config.init_checkpoint
-  with Checkpointer(_checkpoint_dir(path), create=False) as source:
-    step = source.latest_step()
-    if step is None:
-      raise errors.MissingFileError(
-        f'config.init_checkpoint={path!r}: no checkpoint in {source.directory}.'
-      )
-    where = f'config.init_checkpoint={path!r}'
-    # A CE run may initialise an AAF run: only the network must match.
-    network = _read_network(
-      source,
-      step,
-      _abstract(state, state_sharding),
-      config,
-      num_classes,
-      where,
-      lambda part, e: _unreadable_init(where, source.step_dir(step), part, e),
-    )
-  logging.info('Initialised the network from %s (step %d).', source.directory, step)
-  return _with_network(state, network)
-
-
-def _read_network(checkpointer, step, abstract, config, num_classes, where, unreadable):
-  """The network part of checkpoint `step`, after checking that its network fields match.
+def read_network(checkpointer, step, abstract, check_meta, where, unreadable):
+  """The network part of checkpoint `step`, after `check_meta(meta, where)` (which may raise).
 
   A part that cannot be read (Orbax and TensorStore raise many types; any means unreadable)
   raises `unreadable(part, error)`, the caller's error for it.
@@ -303,75 +202,11 @@ def _read_network(checkpointer, step, abstract, config, num_classes, where, unre
     meta = checkpointer.meta(step)
   except Exception as e:
     raise unreadable('meta', e) from e
-  check_meta(meta, config, num_classes, where, network_only=True)
+  check_meta(meta, where)
   try:
     return checkpointer.restore_step(step, abstract, network_only=True)['state']
   except Exception as e:
     raise unreadable('state', e) from e
-
-
-def _unreadable_init(where: str, step_dir: str, part: str, error: Exception):
-  return DamagedCheckpointError(
-    f'{where}: {os.path.join(step_dir, part)} cannot be read ({_describe(error)}); point the '
-    'field at an intact checkpoint, or set it to an empty string to start from scratch.'
-  )
-
-
-def load_pretrained(config, state, state_sharding):
-  """`state` with the ImageNet backbone of `config.model.pretrained` (aaf_jax.weights)."""
-  from aaf_jax import weights  # only runs that import weights need its dependencies
-
-  try:
-    variables = weights.load_backbone(
-      os.path.expanduser(config.model.pretrained),
-      {'params': state.params['model'], 'batch_stats': state.batch_stats},
-      layout=config.model.layout,
-    )
-  except errors.UserError as e:  # a bad file: say which config field named it
-    raise type(e)(f'config.model.pretrained={config.model.pretrained!r}: {e}') from e
-  network = {'params': {'model': variables['params']}, 'batch_stats': variables['batch_stats']}
-  return jax.device_put(_with_network(state, network), state_sharding)
-
-
-def restore_network(workdir: str, config, init, state_sharding, rng, num_classes: int):
-  """(the latest checkpoint's network as `network_part` of a state, its step): `--mode=eval`.
-
-  Only the network's fields must match: another dataset with the same classes is fine (that is
-  how GTA5 tests a Cityscapes model), and so are another loss or optimizer.
-  """
-  if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
-    raise errors.MissingFileError(f'--mode=eval: no checkpoints/ folder in workdir {workdir}.')
-  with Checkpointer(workdir, create=False) as checkpointer:
-    step = checkpointer.latest_step()
-    if step is None:
-      raise errors.MissingFileError(f'--mode=eval: no checkpoint in {checkpointer.directory}.')
-    network = _read_network(
-      checkpointer,
-      step,
-      _abstract(jax.eval_shape(init, rng), state_sharding),
-      config,
-      num_classes,
-      f'workdir {checkpointer.directory}',
-      lambda part, e: _unreadable_for_eval(checkpointer, step, part, e),
-    )
-  return network, step
-
-
-def _unreadable_for_eval(checkpointer, step: int, part: str, error: Exception):
-  """--mode=eval leaves the workdir as it is: it names the damage and what the user can do."""
-  older = [s for s in checkpointer.all_steps() if s < step]
-  choice = (
-    f'to evaluate an older one ({", ".join(map(str, older))}), move '
-    f'{checkpointer.step_dir(step)} aside'
-    if older
-    else 'there is no older checkpoint to evaluate'
-  )
-  return DamagedCheckpointError(
-    f'--mode=eval: the latest checkpoint, step {step}, cannot be read '
-    f'({os.path.join(checkpointer.step_dir(step), part)}: {_describe(error)}); nothing was '
-    f'moved or written. A training run on this workdir moves it aside and resumes from the '
-    f'newest intact one; {choice}.'
-  )
 
 
 def network_shardings(state_sharding) -> dict:

@@ -20,7 +20,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec
 
-from aaf_jax import boundary, instance_iou, sharding
+from aaf_jax import boundary, instance_iou, sharding, validation
 
 
 def check_eval_options(
@@ -31,11 +31,7 @@ def check_eval_options(
     raise ValueError(
       f'config.eval.window={window!r}: expected an integer >= 0 (0 = the whole image at once).'
     )
-  if window > 0 and not (isinstance(stride, int) and 0 < stride <= window):
-    raise ValueError(
-      f'config.eval.stride={stride!r}: with config.eval.window={window} '
-      f'expected an integer in 1..{window}.'
-    )
+  validation.check_window_stride(window, stride)
   scales = tuple(scales) if isinstance(scales, (tuple, list)) else scales
   if (
     not isinstance(scales, tuple)

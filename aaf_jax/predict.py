@@ -169,31 +169,24 @@ def restore_network(config, workdir: str):
 
   Needs only the dataset's class list, not the prepared dataset: the images are the user's.
   """
-  from aaf_jax import checkpoint, models, optim, sharding
+  from aaf_jax import builder, resume, sharding
   from aaf_jax.data import builder_class
-  from aaf_jax.step import COMPUTE_DTYPES, init_state_fn
 
   workdir = os.path.expanduser(workdir)
   class_names = tuple(builder_class(config.data.name).CLASS_NAMES)
   if not os.path.isdir(os.path.join(workdir, 'checkpoints')):
     raise errors.MissingFileError(f'--mode=predict: no checkpoints/ folder in workdir {workdir}.')
-  mesh = sharding.make_mesh()
-  model = models.build_model(
-    config.model, num_classes=len(class_names), dtype=COMPUTE_DTYPES[config.compute_dtype]
-  )
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps, config.loss.tables)
-  init = init_state_fn(model, tx, config, len(class_names), config.data.crop_size)
-  rng = jax.random.key(config.seed)
-  state_sharding = jax.tree.map(lambda _: sharding.replicated(mesh), jax.eval_shape(init, rng))
-  network, _ = checkpoint.restore_network(
-    workdir, config, init, state_sharding, rng, len(class_names)
+  trainable = builder.build(config, len(class_names))
+  state_sharding = trainable.state_sharding(sharding.make_mesh())
+  network, _ = resume.restore_network(
+    workdir, config, trainable.init, state_sharding, jax.random.key(config.seed), len(class_names)
   )
   variables = {'params': network['params']['model'], 'batch_stats': network['batch_stats']}
   # Each process segments its own images on its own device: the replicated network is copied
   # there, so inference involves no other process.
   device = jax.local_devices()[0]
   variables = jax.tree.map(lambda x: jax.device_put(x.addressable_data(0), device), variables)
-  return model, variables, class_names
+  return trainable.model, variables, class_names
 
 
 def run(config, workdir: str, input_path: str, output_dir: str) -> list[str]:

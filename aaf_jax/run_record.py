@@ -128,17 +128,17 @@ def git_commit() -> str | None:
   return commit.stdout.strip() + ('-dirty' if status.stdout.strip() else '')
 
 
-def environment() -> dict:
-  """Package versions, devices, processes and the git commit of this process's run."""
-  import jax
+def environment(devices: list, process_count: int) -> dict:
+  """Package versions, the run's devices and processes, and the git commit of this process.
 
+  The devices come from the caller (the trainer's jax.devices()), so the record imports no jax.
+  """
   versions = {}
   for package in _PACKAGES:
     try:
       versions[package] = importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
       versions[package] = None
-  devices = jax.devices()
   return {
     'time': datetime.datetime.now(datetime.UTC).isoformat(timespec='seconds'),
     'python': sys.version.split()[0],
@@ -146,13 +146,14 @@ def environment() -> dict:
     'packages': versions,
     'device_kind': devices[0].device_kind,
     'device_count': len(devices),
-    'process_count': jax.process_count(),
+    'process_count': process_count,
     'git_commit': git_commit(),
   }
 
 
-def write(workdir: str, config, start_step: int) -> None:
-  """config.json (this start's config) and one more entry in environment.json."""
+def write(workdir: str, config, start_step: int, devices: list, process_count: int) -> None:
+  """config.json (this start's config) and one more entry in environment.json (`devices` and
+  `process_count` as jax.devices() and jax.process_count() give them)."""
   os.makedirs(workdir, exist_ok=True)
   record = {'fingerprint': fingerprint(config), 'config': config.to_dict()}
   jsonio.write_json_atomically(os.path.join(workdir, 'config.json'), json.loads(json.dumps(record)))
@@ -161,5 +162,5 @@ def write(workdir: str, config, start_step: int) -> None:
   if os.path.exists(path):
     with open(path) as f:
       starts = json.load(f).get('starts', [])
-  starts.append({'start_step': start_step, **environment()})
+  starts.append({'start_step': start_step, **environment(devices, process_count)})
   jsonio.write_json_atomically(path, {'starts': starts})

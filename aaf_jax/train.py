@@ -1,8 +1,10 @@
 """train_and_evaluate(config, workdir): set up, restore or init, the loop, the final scores.
 
-The objective and the update are in step.py; the resume order, the init checkpoint and the
-donation-safe save in checkpoint.py; the run record (config.json, environment.json, the
-config fingerprint) in run_record.py. `evaluate_checkpoint` is `--mode=eval`.
+The network, optimizer and initial state are built by builder.py; the objective and the
+update are in objective.py and step.py; the resume order and the init checkpoint in resume.py,
+the donation-safe save in checkpoint.py; the run record (config.json, environment.json, the
+config fingerprint) in run_record.py, the checkpoints' "same run?" check in same_run.py.
+`evaluate_checkpoint` is `--mode=eval`.
 """
 
 import dataclasses
@@ -14,6 +16,7 @@ import numpy as np
 from absl import logging
 
 from aaf_jax import (
+  builder,
   checkpoint,
   distributed,
   errors,
@@ -22,14 +25,15 @@ from aaf_jax import (
   logs,
   loss_kinds,
   models,
-  optim,
+  resume,
   run_record,
+  same_run,
   sharding,
   validation,
   viz,
 )
 from aaf_jax.data import pipeline
-from aaf_jax.step import COMPUTE_DTYPES, init_state_fn, make_train_step
+from aaf_jax.step import make_train_step
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,15 +71,9 @@ def setup(config) -> Setup:
     lambda first: pipeline.dataset_info(config.data, prepare=first),
     f'Preparing dataset {config.data.name!r} if it is not yet in {config.data.data_dir}',
   )
-  model = models.build_model(
-    config.model, num_classes=info.num_classes, dtype=COMPUTE_DTYPES[config.compute_dtype]
-  )
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps, config.loss.tables)
-  init = init_state_fn(model, tx, config, info.num_classes, config.data.crop_size)
-  state_sharding = jax.tree.map(
-    lambda _: sharding.replicated(mesh), jax.eval_shape(init, jax.random.key(config.seed))
-  )
-  return Setup(mesh, info, model, tx, init, state_sharding)
+  trainable = builder.build(config, info.num_classes)
+  state_sharding = trainable.state_sharding(mesh)
+  return Setup(mesh, info, trainable.model, trainable.tx, trainable.init, state_sharding)
 
 
 class Evaluator:
@@ -119,12 +117,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   distributed.check_shared_workdir(workdir)
   checkpointer = checkpoint.Checkpointer(workdir, config.keep_checkpoints)
   try:
-    state, data_state = checkpoint.restore_or_init(
+    state, data_state = resume.restore_or_init(
       checkpointer, config, run.init, run.state_sharding, rng, num_classes
     )
     start = int(jax.device_get(state.step))
     if jax.process_index() == 0:
-      run_record.write(workdir, config, start)
+      run_record.write(workdir, config, start, jax.devices(), jax.process_count())
     train_iter = pipeline.make_train_iterator(
       config.data,
       global_batch_size=config.batch_size,
@@ -145,7 +143,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       donate_argnums=0,
     )
     evaluator = Evaluator(config, run)
-    meta = checkpoint.checkpoint_meta(config, num_classes)
+    meta = same_run.checkpoint_meta(config, num_classes)
     writer = logs.create_writer(
       workdir, just_logging=jax.process_index() > 0, num_steps=config.num_train_steps
     )
@@ -214,7 +212,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
   rng = jax.random.key(config.seed)
   if os.path.isdir(workdir):
     distributed.check_shared_workdir(workdir)
-  network, step = checkpoint.restore_network(
+  network, step = resume.restore_network(
     workdir, config, run.init, run.state_sharding, rng, run.info.num_classes
   )
   variables = {'params': network['params']['model'], 'batch_stats': network['batch_stats']}

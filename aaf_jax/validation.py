@@ -13,7 +13,8 @@ from collections.abc import Callable, Mapping
 
 from aaf_jax import errors, loss_kinds, presets
 
-COMPUTE_DTYPES = ('float32', 'bfloat16')
+COMPUTE_DTYPES = ('float32', 'bfloat16')  # aaf_jax/builder.py maps them to jax dtypes
+SYNTHETIC_LAYOUTS = ('shapes', 'multiscale')  # config.data.synthetic.layout (data/synthetic.py)
 # config.loss.tables: how the AAF field-size tables learn (aaf_jax/optim.py TABLE_UPDATES):
 # 'adversarial' by gradient ascent (the paper's min-max), 'descent' with the network (min-min),
 # 'uniform' never (equal weights over the sizes).
@@ -162,7 +163,7 @@ SCHEMA = {
       'noise_std': number(0, 100),
       'void_prob': number(0, 1),
       'thin_width': number(1, 8),
-      'layout': choice(('shapes', 'multiscale')),
+      'layout': choice(SYNTHETIC_LAYOUTS),
     },
   },
   'log_every_steps': integer(1),
@@ -271,9 +272,8 @@ def _check_relations(config) -> None:
       f'config.data.min_scale={config.data.min_scale} > config.data.max_scale='
       f'{config.data.max_scale}: expected min_scale <= max_scale.'
     )
-  window, stride = config.eval.window, config.eval.stride
-  if window and not 1 <= stride <= window:
-    fail(f'config.eval.stride={stride!r}: with config.eval.window={window} expected 1..{window}.')
+  window = config.eval.window
+  check_window_stride(window, config.eval.stride)
   model = config.model
   reachable = [(4 if model.stem_pool else 2) * 2**k for k in range(4)]
   if model.output_stride not in reachable:
@@ -293,6 +293,16 @@ def _check_relations(config) -> None:
     fail(
       f'config.init_checkpoint={config.init_checkpoint!r} and config.model.pretrained='
       f"{model.pretrained!r}: set at most one (the other to '')."
+    )
+
+
+def check_window_stride(window, stride) -> None:
+  """The sliding-window rule (evaluate.py places the windows): with a window, the stride is an
+  integer in 1..window, so windows overlap or touch and cover every pixel."""
+  if window and not (isinstance(stride, int) and 0 < stride <= window):
+    raise ConfigError(
+      f'config.eval.stride={stride!r}: with config.eval.window={window} expected 1..{window} '
+      '(an integer).'
     )
 
 

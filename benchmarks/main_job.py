@@ -24,19 +24,19 @@ import time
 import jax
 import jax.numpy as jnp
 
-from aaf_jax import affinity, models, optim, sharding, step
+from aaf_jax import affinity, builder, sharding, step
 from aaf_jax.data import pipeline
 from configs import synthetic
 
 
 def build_step(config, num_classes: int):
-  """(initial state, jitted train step) of the network, optimizer and loss that `config` names."""
-  model = models.build_model(config.model, num_classes=num_classes)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  init = step.init_state_fn(model, tx, config, num_classes, config.data.crop_size)
-  state = jax.jit(init)(jax.random.key(0))
-  train_step = jax.jit(step.make_train_step(model, tx, config, num_classes), donate_argnums=0)
-  return state, train_step
+  """(initial state, jitted train step, network) of what `config` names (aaf_jax/builder.py)."""
+  trainable = builder.build(config, num_classes)
+  state = trainable.init_state()
+  train_step = jax.jit(
+    step.make_train_step(trainable.model, trainable.tx, config, num_classes), donate_argnums=0
+  )
+  return state, train_step, trainable.model
 
 
 def time_it(fn, repeats: int) -> float:
@@ -66,16 +66,18 @@ def main():
 
   runs = {}
   for kind in ('ce', 'aaf'):
-    state, train_step = build_step(synthetic.get_config(f'{kind},data_dir={data_dir}'), num_classes)
+    state, train_step, model = build_step(
+      synthetic.get_config(f'{kind},data_dir={data_dir}'), num_classes
+    )
     # Two warm-up steps: the first compiles for the initial state's placement, the second for
     # the placement of a step's output (one more compile, then none).
     for _ in range(2):
       state, _, _ = train_step(state, batch)
     jax.block_until_ready(state)
-    runs[kind] = {'state': state, 'step': train_step}
+    runs[kind] = {'state': state, 'step': train_step, 'model': model}
 
   logits_shape = jax.eval_shape(
-    lambda s: models.build_model(config.model, num_classes=num_classes).apply(
+    lambda s: runs['aaf']['model'].apply(
       {'params': s.params['model'], 'batch_stats': s.batch_stats},
       batch['image'],
       train=False,

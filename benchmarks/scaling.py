@@ -69,15 +69,13 @@ def worker(args) -> None:
   import jax
   import numpy as np
 
-  from aaf_jax import models, optim, sharding, step
+  from aaf_jax import builder, sharding, step
   from configs import synthetic
 
   config = synthetic.get_config('aaf')
   crop = config.data.crop_size
-  model = models.build_model(config.model, num_classes=NUM_CLASSES)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  init = step.init_state_fn(model, tx, config, NUM_CLASSES, crop)
-  update = step.make_train_step(model, tx, config, NUM_CLASSES)
+  trainable = builder.build(config, NUM_CLASSES)
+  update = step.make_train_step(trainable.model, trainable.tx, config, NUM_CLASSES)
   rng = np.random.default_rng(jax.process_index())
   local = {
     'image': rng.normal(size=(args.batch_per_process, crop, crop, 3)).astype(np.float32),
@@ -88,8 +86,8 @@ def worker(args) -> None:
   for name, devices in (('job', jax.devices()), ('local', jax.local_devices())):
     mesh = sharding.make_mesh(devices)
     replicated = sharding.replicated(mesh)
-    shardings = jax.tree.map(lambda _, r=replicated: r, jax.eval_shape(init, jax.random.key(0)))
-    state = jax.jit(init, out_shardings=shardings)(jax.random.key(0))
+    shardings = trainable.state_sharding(mesh)
+    state = trainable.init_state(shardings)
     train_step = jax.jit(
       update,
       in_shardings=(shardings, sharding.batch_sharding(mesh)),

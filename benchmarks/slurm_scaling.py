@@ -1,6 +1,6 @@
 """Steps/s and images/s of the main job's network under a real Slurm, at 1, 2 and 4 tasks.
 
-Starts a single-node Slurm cluster on localhost (tests/local_slurm.py: munged, slurmctld,
+Starts a single-node Slurm cluster on localhost (aaf_jax/local_slurm.py: munged, slurmctld,
 slurmd under a temporary folder, stopped by pid at the end), then submits
 `cluster/slurm.sbatch --cpu` once per task count: configs/synthetic.py (batch 8 in all, split
 over the tasks, one CPU device each) for --steps steps, timing the last --log_every steps as
@@ -18,10 +18,9 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
+from aaf_jax import local_slurm
 
-import local_slurm  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BATCH = 8
 

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from train_step import count_flops, random_batch  # benchmarks/ is on the path as a script
 
-from aaf_jax import models, optim, step
+from aaf_jax import builder, step, validation
 from configs import common
 
 PARTS = ('network forward', 'network backward', 'cross-entropy', 'affinity loss', 'optimizer')
@@ -61,14 +61,12 @@ def build(args, variant, crop):
   config.batch_size = args.batch
   config.compute_dtype = args.dtype
   config.loss.implementation = implementation
+  config.data.crop_size = crop
   if form:
     config.model.dilated_conv = form
-  model = models.build_model(
-    config.model, num_classes=args.classes, dtype=step.COMPUTE_DTYPES[args.dtype]
-  )
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  state = host_state(step.init_state_fn(model, tx, config, args.classes, crop))
-  train_step = step.make_train_step(model, tx, config, args.classes)
+  trainable = builder.build(config, args.classes)
+  state = host_state(trainable.init)
+  train_step = step.make_train_step(trainable.model, trainable.tx, config, args.classes)
   return state, train_step
 
 
@@ -283,7 +281,7 @@ def main():
   parser.add_argument('--crops', type=int, nargs='+', default=[64])
   parser.add_argument('--batch', type=int, default=2)
   parser.add_argument('--classes', type=int, default=21)
-  parser.add_argument('--dtype', default='float32', choices=sorted(step.COMPUTE_DTYPES))
+  parser.add_argument('--dtype', default='float32', choices=validation.COMPUTE_DTYPES)
   parser.add_argument('--kinds', nargs='+', default=['ce', 'aaf'])
   parser.add_argument(
     '--forms', nargs='+', default=[''], help="config.model.dilated_conv values ('' = default)"

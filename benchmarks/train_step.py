@@ -20,7 +20,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
-from aaf_jax import models, optim, presets, step
+from aaf_jax import builder, presets, step, validation
 from configs import common
 
 
@@ -62,12 +62,12 @@ def build(preset, kind, crop, batch, num_classes, dtype, steps, dilated_conv=Non
   config.num_train_steps = steps
   config.batch_size = batch
   config.compute_dtype = dtype
-  model = models.build_model(
-    config.model, num_classes=num_classes, dtype=step.COMPUTE_DTYPES[dtype]
+  config.data.crop_size = crop
+  trainable = builder.build(config, num_classes)
+  state = trainable.init_state()
+  train_step = jax.jit(
+    step.make_train_step(trainable.model, trainable.tx, config, num_classes), donate_argnums=0
   )
-  tx = optim.make_optimizer(config.optimizer, steps)
-  state = jax.jit(step.init_state_fn(model, tx, config, num_classes, crop))(jax.random.key(0))
-  train_step = jax.jit(step.make_train_step(model, tx, config, num_classes), donate_argnums=0)
   return state, train_step
 
 
@@ -77,7 +77,7 @@ def main():
   parser.add_argument('--crop', type=int, default=96)
   parser.add_argument('--batch', type=int, default=16)
   parser.add_argument('--classes', type=int, default=21)
-  parser.add_argument('--dtype', default='float32', choices=sorted(step.COMPUTE_DTYPES))
+  parser.add_argument('--dtype', default='float32', choices=validation.COMPUTE_DTYPES)
   parser.add_argument('--steps', type=int, default=10, help='timed steps per round')
   parser.add_argument('--rounds', type=int, default=3)
   parser.add_argument('--kinds', nargs='+', default=['ce', 'aaf'])

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from tiny import tiny_config
 
-from aaf_jax import checkpoint, train, weights
+from aaf_jax import checkpoint, same_run, train, weights
 
 pytestmark = pytest.mark.slow  # every test builds on an 8-step training run
 
@@ -88,11 +88,11 @@ def test_damaged_latest_checkpoint_falls_back_to_the_same_result(finished, broke
 
 @pytest.fixture(scope='module')
 def restore_target(finished):
-  """What restore_or_init restores into: the run's config, its abstract state, class count."""
+  """What restore_or_init restores into, and its check of each checkpoint's meta."""
   config = _config(finished[0])
   run = train.setup(config)
-  abstract = checkpoint._abstract(jax.eval_shape(run.init, jax.random.key(0)), run.state_sharding)
-  return config, abstract, run.info.num_classes
+  abstract = checkpoint.abstract(jax.eval_shape(run.init, jax.random.key(0)), run.state_sharding)
+  return abstract, same_run.checker(config, run.info.num_classes)
 
 
 DAMAGES = {
@@ -105,14 +105,14 @@ DAMAGES = {
 
 @pytest.mark.parametrize('damage', sorted(DAMAGES))
 def test_each_damaged_part_is_named_and_skipped(broken, restore_target, damage, caplog):
-  config, abstract, num_classes = restore_target
+  abstract, check_meta = restore_target
   part, damage_fn = DAMAGES[damage]
   damaged_steps = (8, 6) if damage == 'two newest' else (8,)
   for step in damaged_steps:
     damage_fn(str(broken / 'checkpoints' / str(step)))
   caplog.set_level(logging.WARNING)
   with checkpoint.Checkpointer(str(broken), keep=3) as checkpointer:
-    restored, step = checkpoint.restore_latest_intact(checkpointer, abstract, config, num_classes)
+    restored, step = checkpoint.restore_latest_intact(checkpointer, abstract, check_meta)
   intact = 4 if damage == 'two newest' else 6
   assert step == intact == int(restored['state'].step) and restored['data']['step'] == intact
   reports = [r.getMessage() for r in caplog.records if 'cannot be read' in r.getMessage()]
@@ -128,12 +128,12 @@ def test_each_damaged_part_is_named_and_skipped(broken, restore_target, damage, 
 
 
 def test_no_intact_checkpoint_is_one_error_and_nothing_moves(broken, restore_target):
-  config, abstract, num_classes = restore_target
+  abstract, check_meta = restore_target
   for step in ('4', '6', '8'):
     os.remove(broken / 'checkpoints' / step / 'state' / '_METADATA')
   with checkpoint.Checkpointer(str(broken), keep=3) as checkpointer:
     with pytest.raises(checkpoint.DamagedCheckpointError) as info:
-      checkpoint.restore_latest_intact(checkpointer, abstract, config, num_classes)
+      checkpoint.restore_latest_intact(checkpointer, abstract, check_meta)
   message = str(info.value)
   assert message.startswith(f'no intact checkpoint in {broken / "checkpoints"} (step 8: ')
   assert 'step 6: ' in message and 'step 4: ' in message and '\n' not in message

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from aaf_jax import checkpoint, models, presets, run_record, validation
+from aaf_jax import models, presets, run_record, same_run, validation
 from aaf_jax.models import dilated, resnet
 from configs import common as configs_common
 
@@ -189,7 +189,7 @@ def test_checkpoints_of_either_form_or_older_than_the_field_are_accepted():
   saved = {'model.backbone': 'resnet10', 'loss.margin': 3.0}
   current = {**saved, 'model.dilated_conv': 'native'}
   assert run_record.differences(saved, current) == []
-  fields = checkpoint.network_fields(current)
+  fields = same_run.network_fields(current)
   assert 'model.backbone' in fields and 'model.dilated_conv' not in fields
   assert run_record.differences(saved, current, fields) == []
   model = {'backbone': 'resnet10'}

@@ -1,7 +1,7 @@
 """The real cluster engines launching a multi-process job: Slurm (sbatch) and Open MPI (mpirun).
 
 Each test starts the engine itself on this machine, on loopback: a single-node Slurm cluster
-(munged, slurmctld, slurmd under tmp_path; tests/local_slurm.py), or `mpirun -np 2`. Both run
+(munged, slurmctld, slurmd under tmp_path; aaf_jax/local_slurm.py), or `mpirun -np 2`. Both run
 two processes of one CPU device each, found by `launch.py --distributed` alone, and must train
 the tiny config to exactly the results of one process with two CPU devices (the same two-way
 split of every batch, so the same sums in the same order).
@@ -19,10 +19,11 @@ import signal
 import subprocess
 import time
 
-import local_slurm
 import pytest
 from launching import ROOT, TINY_FLAGS, launch_command, synthetic_config, xla_flags
 from loopback import Job
+
+from aaf_jax import local_slurm
 
 STEPS = 6
 TIMEOUT_S = 900  # per job; one takes about a minute on an idle 2-core machine

@@ -13,18 +13,7 @@ import pytest
 from launching import ROOT, launch_command, synthetic_config, xla_flags
 from tiny import tiny_config, tiny_flags
 
-from aaf_jax import checkpoint, evaluate, models, optim, run_record, step, train
-
-
-def test_shrink_labels_and_cross_entropy_ignore_255():
-  labels = jnp.array([[[0, 0, 1, 1], [0, 0, 1, 1], [255, 255, 2, 2], [255, 255, 2, 2]]])
-  np.testing.assert_array_equal(step.shrink_labels(labels, 2, 2), [[[0, 1], [255, 2]]])
-  logits = jnp.log(
-    jnp.array([[[[0.5, 0.25, 0.25], [0.2, 0.6, 0.2]], [[0.9, 0.05, 0.05], [0.2, 0.2, 0.6]]]])
-  )
-  ce, acc, _ = step.cross_entropy(logits, labels, 3)
-  np.testing.assert_allclose(ce, -(np.log(0.5) + np.log(0.6) + np.log(0.6)) / 3, rtol=1e-6)
-  np.testing.assert_allclose(acc, 1.0)
+from aaf_jax import builder, evaluate, objective, run_record, same_run, step, train
 
 
 @pytest.mark.slow
@@ -79,39 +68,37 @@ def test_train_and_evaluate_writes_results(tiny_data_dir, tmp_path, loss):
 
 def test_one_update_descends_on_the_network_and_ascends_on_the_tables():
   config = tiny_config('/unused', 'aaf')
-  model = models.build_model(config.model, num_classes=7)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  state = step.init_state_fn(model, tx, config, 7, 32)(jax.random.key(0))
+  trainable = builder.build(config, 7)
+  model, tx, state = trainable.model, trainable.tx, trainable.init_state()
   rng = np.random.default_rng(0)
   batch = {
     'image': jnp.asarray(rng.normal(size=(4, 32, 32, 3)) * 50, jnp.float32),
     'label': jnp.asarray(rng.integers(0, 7, size=(4, 32, 32)), jnp.int32),
   }
   train_step = jax.jit(step.make_train_step(model, tx, config, 7))
-  loss_fn = step.make_loss_fn(model, config, 7)
+  loss_fn = objective.make_loss_fn(model, config, 7)
 
   @jax.jit
-  def objective(params):
+  def total(params):
     return loss_fn(params, state.batch_stats, batch['image'], batch['label'], 0, jax.random.key(0))[
       0
     ]
 
   new_state, _, finite = train_step(state, batch)
   assert bool(finite)
-  before = objective(state.params)
+  before = total(state.params)
   # Only the tables moved: the objective rises. Only the network moved: it falls.
   tables_moved = {**state.params, 'aaf': new_state.params['aaf']}
   network_moved = {**new_state.params, 'aaf': state.params['aaf']}
-  assert float(objective(tables_moved)) > float(before)
-  assert float(objective(network_moved)) < float(before)
+  assert float(total(tables_moved)) > float(before)
+  assert float(total(network_moved)) < float(before)
 
 
 def test_gradient_accumulation_matches_one_big_batch():
   config = tiny_config('/unused', 'aaf')
   accum = tiny_config('/unused', 'aaf', grad_accum_steps=2)
-  model = models.build_model(config.model, num_classes=7)
-  tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
-  state = step.init_state_fn(model, tx, config, 7, 32)(jax.random.key(0))
+  trainable = builder.build(config, 7)
+  model, tx, state = trainable.model, trainable.tx, trainable.init_state()
   rng = np.random.default_rng(1)
   images = rng.normal(size=(2, 32, 32, 3)) * 50
   labels = rng.integers(0, 7, size=(2, 32, 32))
@@ -151,7 +138,7 @@ def test_workdir_of_a_different_config_is_refused_listing_every_field(tiny_data_
     num_train_steps=2,
     **{'model.head_width': 16, 'loss.margin': 2.0, 'optimizer.learning_rate': 0.05},
   )
-  with pytest.raises(checkpoint.ConfigMismatchError, match=r'Differences \(3\)') as err:
+  with pytest.raises(same_run.ConfigMismatchError, match=r'Differences \(3\)') as err:
     train.train_and_evaluate(changed, str(tmp_path))
   for difference in (
     'config.loss.margin: checkpoint 3.0, config 2.0',
@@ -162,7 +149,7 @@ def test_workdir_of_a_different_config_is_refused_listing_every_field(tiny_data_
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
   assert (tmp_path / 'results.json').read_text() == results
   # --mode=eval compares only the network's fields: a different margin is fine there.
-  with pytest.raises(checkpoint.ConfigMismatchError, match=r'Differences \(1\): config.model.hea'):
+  with pytest.raises(same_run.ConfigMismatchError, match=r'Differences \(1\): config.model.hea'):
     train.evaluate_checkpoint(changed, str(tmp_path))
 
 

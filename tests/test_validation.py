@@ -165,7 +165,6 @@ def test_presets_match_the_network_classes():
     assert options == models.option_defaults(name), name
     assert set(validation.model_schema(name)) == {'name', *options, *presets.TRAINER_FIELDS}
   assert presets.BACKBONES == tuple(resnet.BACKBONES)
-  assert presets.LAYOUTS == resnet.LAYOUTS and presets.STEMS == resnet.STEMS
 
 
 def test_synthetic_layouts_are_spelt_as_the_dataset_spells_them():

@@ -32,6 +32,7 @@ import json
 import numpy as np
 import tensorflow_datasets as tfds
 
+from aaf_jax import validation
 from aaf_jax.data import base
 
 CLASS_NAMES = ('background', 'disc', 'box', 'triangle', 'ring', 'bar', 'star')
@@ -46,7 +47,7 @@ SPLITS = (*_SPLIT_CODES, *SHIFTED_SPLITS)
 # 1 - contrast, then blurred by a Gaussian of `blur_sigma` px (edges mirrored).
 SHIFTED_LOOK = {'saturation': 0.5, 'contrast': 0.5, 'blur_sigma': 1.0}
 _LUMA = np.array([0.299, 0.587, 0.114])
-LAYOUTS = ('shapes', 'multiscale')
+LAYOUTS = validation.SYNTHETIC_LAYOUTS
 # layout 'multiscale': each class's radius as a fraction of the image side (strokes keep
 # thin_width), and the order of drawing (larger first).
 _LARGE = (1, 2)  # disc, box: the large, textured classes of layout 'multiscale'

@@ -24,6 +24,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from aaf_jax.models import dilated
+from aaf_jax.presets import LAYOUTS, STEMS
 
 # Preset depths: (unit type, units per stage).
 BACKBONES = {
@@ -34,8 +35,6 @@ BACKBONES = {
   'resnet101': ('bottleneck', (3, 4, 23, 3)),
   'resnet152': ('bottleneck', (3, 8, 36, 3)),
 }
-LAYOUTS = ('torchvision', 'slim')
-STEMS = ('standard', 'deep')
 BLOCKS = ('basic', 'bottleneck')
 
 _conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')  # He init, as torchvision

@@ -1,5 +1,6 @@
 """A real single-node Slurm cluster on localhost, started under a temporary folder and stopped
 by process id: munged with its own key and socket, slurmctld and slurmd (Debian's slurm-wlm).
+What tests/test_engines.py and benchmarks/slurm_scaling.py run cluster/slurm.sbatch under.
 
 No cgroups here: processes are tracked by /proc (proctrack/linuxproc) and tasks are not bound
 (task/none). Every daemon listens on free ports, talks to the others on 127.0.0.1 and keeps

@@ -1,11 +1,12 @@
-"""The init checkpoint (config.init_checkpoint): the network and nothing else, checked first."""
+"""The resume order (aaf_jax/resume.py); here the init checkpoint (config.init_checkpoint):
+the network and nothing else, checked first."""
 
 import jax
 import numpy as np
 import pytest
 from tiny import tiny_config
 
-from aaf_jax import checkpoint, errors, train
+from aaf_jax import checkpoint, errors, resume, same_run, train
 
 pytestmark = pytest.mark.slow  # every test builds on a 2-step training run
 
@@ -22,7 +23,7 @@ def source(tmp_path_factory, tiny_data_dir):
 def _start(config, workdir):
   run = train.setup(config)
   with checkpoint.Checkpointer(workdir, 1) as checkpointer:
-    state, data = checkpoint.restore_or_init(
+    state, data = resume.restore_or_init(
       checkpointer,
       config,
       run.init,
@@ -66,7 +67,7 @@ def test_init_checkpoint_of_another_network_is_refused(source, tmp_path):
     source_config.data.data_dir, init_checkpoint=source_dir, **{'model.head_width': 16}
   )
   with pytest.raises(
-    checkpoint.ConfigMismatchError, match=r'config.model.head_width: checkpoint 8, config 16'
+    same_run.ConfigMismatchError, match=r'config.model.head_width: checkpoint 8, config 16'
   ):
     _start(config, str(tmp_path / 'new'))
 
