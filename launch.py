@@ -9,7 +9,7 @@ python launch.py --config=configs/synthetic.py --workdir=/tmp/sweep --mode=sweep
 
 Several processes (one per host or per GPU) form one job with --coordinator_address,
 --num_processes and --process_id (or JAX_COORDINATOR_ADDRESS), or with --distributed inside a
-Cloud TPU pod, SLURM or Open MPI job; see README "Scaling out". In such a job --mode=sweep
+Cloud TPU pod, SLURM or Open MPI job; see docs/scaling.md. In such a job --mode=sweep
 trains the grid's runs one after another, each over every process.
 
 A mistake in the flags, the config or the files it names (`aaf_jax.errors.UserError`) ends the

@@ -36,7 +36,7 @@ _SEGMENTER_OPTIONS = dict(
   aux_head=False,
   aux_width=256,
   # Same function and parameters either way; space_to_batch trains much faster on the GPU
-  # (README, "Models and pretrained weights").
+  # (docs/models.md).
   dilated_conv='space_to_batch',
 )
 

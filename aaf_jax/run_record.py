@@ -18,7 +18,7 @@ import sys
 
 from aaf_jax import jsonio
 
-# Fields that may differ between a checkpoint's run and the run resuming it (README lists them).
+# Fields that may differ between a checkpoint's run and the run resuming it (docs/training.md lists them).
 RESUMABLE_FIELDS = (
   'log_every_steps',
   'eval_every_steps',

@@ -77,7 +77,7 @@ def base_config(
 
   # decay: scale the affinity term by 10 ** (-step / num_train_steps) (spec item 10).
   # implementation: how the pair sums are computed, 'xla' (jnp ops) or 'pallas' (the fused
-  # kernels of aaf_jax/affinity_pallas.py; see the README for which runs where).
+  # kernels of aaf_jax/affinity_pallas.py; docs/accelerators.md says which runs where).
   # tables: how kind 'aaf' learns its per-class field-size tables (aaf_jax/optim.py):
   # 'adversarial' (gradient ascent, the paper's min-max), 'descent' (min-min with the network)
   # or 'uniform' (never trained: equal weights over the sizes). Other kinds keep the default.
