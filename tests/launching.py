@@ -1,5 +1,6 @@
 """Running launch.py in a subprocess on the tiny config: the flags, the command, the devices."""
 
+import json
 import os
 import sys
 
@@ -24,3 +25,12 @@ def xla_flags(devices: int) -> str:
   """XLA_FLAGS for `devices` simulated CPU devices, keeping the flags the suite runs with."""
   inherited = os.environ.get('XLA_FLAGS', '')
   return f'{inherited} --xla_force_host_platform_device_count={devices}'.strip()
+
+
+def sweep_summary(workdir) -> dict:
+  """A sweep's summary.json without the run folders, which differ between two sweeps."""
+  with open(os.path.join(workdir, 'summary.json')) as f:
+    summary = json.load(f)
+  for row in summary['runs']:
+    assert row.pop('workdir').startswith(str(workdir)), row
+  return summary

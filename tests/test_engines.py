@@ -20,7 +20,14 @@ import subprocess
 import time
 
 import pytest
-from launching import ROOT, TINY_FLAGS, launch_command, synthetic_config, xla_flags
+from launching import (
+  ROOT,
+  TINY_FLAGS,
+  launch_command,
+  sweep_summary,
+  synthetic_config,
+  xla_flags,
+)
 from loopback import Job
 
 from aaf_jax import local_slurm
@@ -138,15 +145,6 @@ def test_slurm_sbatch_trains_like_one_process_and_resumes_after_a_task_is_killed
 SWEEP_FLAGS = ('--sweep=loss.margin=[2.0,3.0]', '--seeds=2', *FLAGS)
 
 
-def _sweep_summary(workdir) -> dict:
-  """summary.json without the run folders, which differ between sweeps."""
-  with open(os.path.join(workdir, 'summary.json')) as f:
-    summary = json.load(f)
-  for row in summary['runs']:
-    assert row.pop('workdir').startswith(str(workdir)), row
-  return summary
-
-
 @pytest.mark.slow
 def test_slurm_array_sweep_equals_a_local_sweep_and_resumes_a_cancelled_task(tmp_path):
   """cluster/submit_sweep.sh: 4 runs as an array of 2 tasks of 2 processes each (a
@@ -166,7 +164,7 @@ def test_slurm_array_sweep_equals_a_local_sweep_and_resumes_a_cancelled_task(tmp
     name='local',
   )
   local.wait_ok(2 * TIMEOUT_S)
-  expected = _sweep_summary(tmp_path / 'local')
+  expected = sweep_summary(tmp_path / 'local')
   assert [r['status'] for r in expected['runs']] == ['finished'] * 4, expected['runs']
   workdir = tmp_path / 'sweep'
 
@@ -217,7 +215,7 @@ def test_slurm_array_sweep_equals_a_local_sweep_and_resumes_a_cancelled_task(tmp
     assert state == ('COMPLETED', '0:0'), f'{state}\n{logs("first")}'
     assert slurm.job(f'{array}_0')['JobState'] == 'COMPLETED', logs('first')
     assert slurm.job(f'{array}_1')['JobState'] == 'CANCELLED', logs('first')
-    partial = _sweep_summary(workdir)
+    partial = sweep_summary(workdir)
     statuses = [r['status'] for r in partial['runs']]
     assert statuses == ['finished', 'interrupted', 'finished', 'pending'], logs('first')
     assert 'Process 1 of 2 joined the job at coordinator auto-detected' in _log(
@@ -229,7 +227,7 @@ def test_slurm_array_sweep_equals_a_local_sweep_and_resumes_a_cancelled_task(tmp
     assert state == ('COMPLETED', '0:0'), f'{state}\n{logs("again")}'
     assert 'Sweep: 4 runs, 2 in shard 0/2, 2 already finished.' in _log(tmp_path / 'again-0.out')
     assert 'Resumed from' in _log(tmp_path / 'again-1.out'), logs('again')
-    assert _sweep_summary(workdir) == expected
+    assert sweep_summary(workdir) == expected
 
 
 def _mpi_missing():

@@ -23,7 +23,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from launching import TINY_FLAGS, launch_command, synthetic_config
+from launching import TINY_FLAGS, launch_command, sweep_summary, synthetic_config
 from loopback import HEARTBEAT_TIMEOUT_S, Job
 
 STEPS = 8
@@ -260,27 +260,18 @@ def _sweep_job(tmp_path, name, processes):
   )
 
 
-def _summary(workdir) -> dict:
-  """summary.json without the run folders, which differ between sweeps."""
-  with open(os.path.join(workdir, 'summary.json')) as f:
-    summary = json.load(f)
-  for row in summary['runs']:
-    assert row.pop('workdir').startswith(str(workdir)), row
-  return summary
-
-
 @pytest.mark.slow
 def test_a_sweep_over_two_processes_equals_one_process_with_two_devices(tmp_path):
   """--mode=sweep as a 2-process x 1-device job: every run over both processes, the summary
   (written by process 0) equal to 1 process x 2 devices'; a rerun trains nothing."""
   one = _sweep_job(tmp_path, 'one', 1)
   one.wait_ok(TIMEOUT_S)
-  expected = _summary(tmp_path / 'one')
+  expected = sweep_summary(tmp_path / 'one')
   assert [r['status'] for r in expected['runs']] == ['finished', 'finished'], expected
 
   two = _sweep_job(tmp_path, 'two', 2)
   two.wait_ok(TIMEOUT_S)
-  assert _summary(tmp_path / 'two') == expected
+  assert sweep_summary(tmp_path / 'two') == expected
   for i in range(2):
     assert 'Sweep: 2 runs, 2 in shard 0/1, 0 already finished.' in two.output(i), two.all_output()
   assert 'Sweep summary' in two.output(0) and 'Sweep summary' not in two.output(1)
