@@ -266,7 +266,7 @@ def test_records_written_before_loss_tables_match_the_default_mode():
   """Workdirs, checkpoints and results of the code before config.loss.tables have no such
   field: they are runs of 'adversarial' (the tables always ascended), so they resume, count as
   finished in a sweep and evaluate; against another mode they are refused by name."""
-  from aaf_jax import checkpoint, run_record
+  from aaf_jax import run_record, same_run
 
   config = synthetic.get_config('aaf')
   old = config.to_dict()
@@ -284,7 +284,7 @@ def test_records_written_before_loss_tables_match_the_default_mode():
     ]
   assert run_record.differences(old_flat, run_record.flatten(config)) == []
   meta = {'config': old_flat, 'fingerprint': run_record.fingerprint(old), 'num_classes': 7}
-  checkpoint.check_meta(meta, config, 7, 'old workdir')  # resuming
-  checkpoint.check_meta(meta, config, 7, 'old workdir', network_only=True)  # evaluating
-  with pytest.raises(checkpoint.ConfigMismatchError, match=r"config.loss.tables: checkpoint 'adv"):
-    checkpoint.check_meta(meta, _with(config, **{'loss.tables': 'descent'}), 7, 'old workdir')
+  same_run.check_meta(meta, config, 7, 'old workdir')  # resuming
+  same_run.check_meta(meta, config, 7, 'old workdir', network_only=True)  # evaluating
+  with pytest.raises(same_run.ConfigMismatchError, match=r"config.loss.tables: checkpoint 'adv"):
+    same_run.check_meta(meta, _with(config, **{'loss.tables': 'descent'}), 7, 'old workdir')
