@@ -236,7 +236,10 @@ def _mpi_missing():
   return None
 
 
-def test_open_mpi_mpirun_trains_like_one_process(tmp_path, tiny_data_dir):
+def test_open_mpi_mpirun_sweeps_and_trains_like_one_process(tmp_path, tiny_data_dir):
+  """A one-run sweep (the tiny run at its own margin, seed 0) as a 2-process Open MPI job: the
+  run trained over both processes scores as the one-process run, and process 0 writes the
+  sweep's summary (issue 28: a sweep inside a multi-process job, under Open MPI)."""
   _require(_mpi_missing())
   data_dir = tiny_data_dir
   expected = _reference(tmp_path, data_dir)
@@ -260,6 +263,8 @@ def test_open_mpi_mpirun_trains_like_one_process(tmp_path, tiny_data_dir):
     'lo',  # mpirun's own wiring, hence the coordinator address JAX derives, on loopback
     *launch_command(
       '--distributed',
+      '--mode=sweep',
+      '--sweep=loss.margin=[3.0]',  # the config's own margin: the run is the reference run
       synthetic_config(data_dir, STEPS),
       f'--workdir={tmp_path / "two"}',
       *FLAGS,
@@ -275,7 +280,10 @@ def test_open_mpi_mpirun_trains_like_one_process(tmp_path, tiny_data_dir):
   assert done.returncode == 0, log[-20000:]
   for process in (0, 1):
     assert f'Process {process} of 2 joined the job at coordinator auto-detected; 1 of 2' in log
-  assert _scores(tmp_path / 'two') == expected
+  assert _scores(tmp_path / 'two' / 'loss.margin=3.0,seed=0') == expected
+  summary = sweep_summary(tmp_path / 'two')
+  assert [r['status'] for r in summary['runs']] == ['finished'], summary['runs']
+  assert summary['groups'][0]['miou_mean'] == expected['miou']
 
 
 @pytest.mark.parametrize(
