@@ -192,6 +192,12 @@ def test_finished_runs_are_evaluated_without_training_and_each_set_gets_its_tabl
   assert extra[13].startswith('| 2.0 | 2 | +20.00 ± 0.00 [+20.00, +20.00] * |')
   assert extra[15].startswith('Paired differences from the baseline loss.margin=1.0 on train (')
   assert extra[19].startswith('| 2.0 | 2 | +14.00 ± 2.83 [')
+  # Each point's shift against the baseline's, seed by seed: margin 2.0 gains 0.1 more.
+  (shift_paired,) = part['shift_paired_differences']
+  assert shift_paired['overrides'] == {'loss.margin': 2.0} and shift_paired['seeds'] == [0, 1]
+  assert shift_paired['miou']['mean'] == pytest.approx(0.1)
+  assert extra[21].startswith('Paired differences from the baseline loss.margin=1.0 in the shift')
+  assert extra[25].startswith('| 2.0 | 2 | +10.00 ± 0.00 [+10.00, +10.00] * |')
 
   rows = list(csv.DictReader(open(os.path.join(workdir, 'summary.csv'))))
   assert [(r['eval_set'], r['loss.margin']) for r in rows] == [

@@ -173,6 +173,14 @@ def write_summary(runs: list[grid.Run], workdir: str, baseline: dict | None = No
     lines += _shift_table(part, name, fields, _classes(part))
     if baseline is not None:
       lines += _paired_table(part, baseline, fields, _classes(part), f' on {name}')
+      lines += _paired_table(
+        {'paired_differences': part['shift_paired_differences']},
+        baseline,
+        fields,
+        _classes(part),
+        f' in the shift to {name} (a positive difference: the point loses fewer points than '
+        'the baseline)',
+      )
   with open(os.path.join(workdir, 'summary.md'), 'w') as f:
     f.write('\n'.join(lines) + '\n')
   plots.points(summary, fields, os.path.join(workdir, 'summary.png'))

@@ -80,6 +80,7 @@ def _eval_set(runs: list[grid.Run], rows: list[dict], name: str, baseline) -> di
   part['shift'] = shift_from_own(rows, set_rows)
   if baseline is not None:
     part['paired_differences'] = paired_differences(part, baseline)
+    part['shift_paired_differences'] = paired_differences(_shift_rows(rows, set_rows), baseline)
   return part
 
 
@@ -108,6 +109,39 @@ def shift_from_own(rows: list[dict], set_rows: list[dict]) -> list[dict]:
       }
     )
   return shifts
+
+
+def _shift_rows(rows: list[dict], set_rows: list[dict]) -> dict:
+  """Runs whose scores are their shifts (score on the set minus their own), as a summary's
+  'runs' and 'groups', so that paired_differences compares each point's shift with the
+  baseline's, seed by seed: does a point lose less than the baseline on the set?"""
+  shifted = []
+  for own, there in zip(rows, set_rows):
+    if own['status'] != 'finished' or there['status'] != 'finished':
+      continue
+
+    def minus(a, b):
+      return None if a is None or b is None else a - b
+
+    shifted.append(
+      {
+        'overrides': own['overrides'],
+        'seed': own['seed'],
+        'status': 'finished',
+        'miou': minus(there['miou'], own['miou']),
+        'boundary_iou': minus(there['boundary_iou'], own['boundary_iou']),
+        'per_class_iou': {
+          c: minus(there['per_class_iou'].get(c), v) for c, v in own['per_class_iou'].items()
+        },
+      }
+    )
+  points = {json.dumps(r['overrides']): r for r in reversed(shifted)}  # first run of each point
+  order = list(dict.fromkeys(json.dumps(r['overrides']) for r in shifted))
+  point_rows = [
+    {'overrides': points[k]['overrides'], 'per_class_iou': points[k]['per_class_iou']}
+    for k in order
+  ]
+  return {'runs': shifted, 'groups': point_rows}
 
 
 def set_fields(run: grid.Run, name: str) -> dict:
