@@ -65,46 +65,36 @@ def _group_table(part: dict, fields: list, classes: list) -> list[str]:
   return lines
 
 
-def _paired_table(part: dict, baseline: dict, fields: list, classes: list, on='') -> list[str]:
-  """summary.md's second table: each grid point minus the baseline, over paired seeds."""
-  baseline = ', '.join(f'{k}={_text(v)}' for k, v in baseline.items()) or '(base)'
+def _difference_table(
+  title: str, differences: list[dict], fields: list, classes: list
+) -> list[str]:
+  """A table of per-point paired statistics (`stats.paired_stats` per score and class), in
+  points: the differences from a baseline, or the shifts to an evaluation set."""
   lines = [
     '',
-    f'Paired differences from the baseline {baseline}{on} (grid point minus baseline, seed by '
-    'seed over the seeds finished in both; mean ± sample std [95% Student-t CI] in points; '
-    '* the CI excludes 0):',
+    f'{title}; mean ± sample std [95% Student-t CI] in points; * the CI excludes 0):',
     '',
   ]
   header = [*fields, 'pairs', *(name for _, name in plots.PAIRED_SCORES), *classes]
   lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  for d in part['paired_differences']:
+  missing = stats.paired_stats([])
+  for d in differences:
     seeds = len(d['seeds'])
     cells = [_text(d['overrides'][k]) for k in fields] + [str(seeds)]
     cells += [difference_text(d[key], seeds) for key, _ in plots.PAIRED_SCORES]
-    cells += [difference_text(d['per_class_iou'][c], seeds) for c in classes]
+    cells += [difference_text(d['per_class_iou'].get(c, missing), seeds) for c in classes]
     lines.append('| ' + ' | '.join(cells) + ' |')
   return lines
 
 
-def _shift_table(part: dict, name: str, fields: list, classes: list) -> list[str]:
-  """Each grid point's score on evaluation set `name` minus its own, paired by run."""
-  lines = [
-    '',
-    f"Shift to {name} (each run's score on {name} minus its own evaluation, seed by seed; "
-    'mean ± sample std [95% Student-t CI] in points; * the CI excludes 0):',
-    '',
-  ]
-  header = [*fields, 'pairs', *(title for _, title in plots.PAIRED_SCORES), *classes]
-  lines += ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
-  for d in part['shift']:
-    seeds = len(d['seeds'])
-    cells = [_text(d['overrides'][k]) for k in fields] + [str(seeds)]
-    cells += [difference_text(d[key], seeds) for key, _ in plots.PAIRED_SCORES]
-    cells += [
-      difference_text(d['per_class_iou'].get(c, stats.paired_stats([])), seeds) for c in classes
-    ]
-    lines.append('| ' + ' | '.join(cells) + ' |')
-  return lines
+def _paired_table(differences: list[dict], baseline: dict, fields, classes, on='') -> list[str]:
+  """Each grid point minus the baseline, over paired seeds."""
+  baseline = ', '.join(f'{k}={_text(v)}' for k, v in baseline.items()) or '(base)'
+  title = (
+    f'Paired differences from the baseline {baseline}{on} (grid point minus baseline, seed by '
+    'seed over the seeds finished in both'
+  )
+  return _difference_table(title, differences, fields, classes)
 
 
 def _csv_rows(part: dict, fields: list, classes: list, paired_with: bool) -> list[list]:
@@ -165,19 +155,25 @@ def write_summary(runs: list[grid.Run], workdir: str, baseline: dict | None = No
   own = _classes(summary)
   lines = _group_table(summary, fields, own)
   if baseline is not None:
-    lines += _paired_table(summary, baseline, fields, own)
+    lines += _paired_table(summary['paired_differences'], baseline, fields, own)
     plots.paired(summary, own, os.path.join(workdir, 'summary_paired.png'))
   for name, part in eval_sets.items():
+    classes = _classes(part)
     lines += ['', _eval_set_title(name, part), '']
-    lines += _group_table(part, fields, _classes(part))
-    lines += _shift_table(part, name, fields, _classes(part))
+    lines += _group_table(part, fields, classes)
+    lines += _difference_table(
+      f"Shift to {name} (each run's score on {name} minus its own evaluation, seed by seed",
+      part['shift'],
+      fields,
+      classes,
+    )
     if baseline is not None:
-      lines += _paired_table(part, baseline, fields, _classes(part), f' on {name}')
+      lines += _paired_table(part['paired_differences'], baseline, fields, classes, f' on {name}')
       lines += _paired_table(
-        {'paired_differences': part['shift_paired_differences']},
+        part['shift_paired_differences'],
         baseline,
         fields,
-        _classes(part),
+        classes,
         f' in the shift to {name} (a positive difference: the point loses fewer points than '
         'the baseline)',
       )

@@ -77,71 +77,65 @@ def _eval_set(runs: list[grid.Run], rows: list[dict], name: str, baseline) -> di
     set_rows.append(_row(run, state, scores))
     set_rows[-1].pop('field_size_weights', None)
   part = {'fields': set_fields(runs[0], name), 'runs': set_rows, 'groups': groups(set_rows)}
-  part['shift'] = shift_from_own(rows, set_rows)
   if baseline is not None:
     part['paired_differences'] = paired_differences(part, baseline)
-    part['shift_paired_differences'] = paired_differences(_shift_rows(rows, set_rows), baseline)
+  part.update(_shifts(rows, set_rows, baseline))
   return part
 
 
-def shift_from_own(rows: list[dict], set_rows: list[dict]) -> list[dict]:
-  """Per grid point, each run's score on the set minus its own evaluation's, seed by seed
-  (negative: the set costs that many points): the drop from in-domain to the set per point."""
-  by_point = {}
-  for own, there in zip(rows, set_rows):
-    if own['status'] == 'finished' and there['status'] == 'finished':
-      by_point.setdefault(json.dumps(own['overrides']), []).append((own, there))
-  shifts = []
-  for key, pairs in by_point.items():
-    classes = list(pairs[0][0]['per_class_iou'])
+def _shift_runs(rows: list[dict], set_rows: list[dict]) -> list[dict]:
+  """One row per run finished in both: its scores on the set minus its own (negative: the set
+  costs that many points)."""
 
-    def diff(get, pairs=pairs):
-      values = [(get(there), get(own)) for own, there in pairs]
-      return paired_stats([x - y for x, y in values if x is not None and y is not None])
+  def minus(a, b):
+    return None if a is None or b is None else a - b
 
-    shifts.append(
-      {
-        'overrides': json.loads(key),
-        'seeds': [own['seed'] for own, _ in pairs],
-        'miou': diff(lambda r: r['miou']),
-        'boundary_iou': diff(lambda r: r['boundary_iou']),
-        'per_class_iou': {c: diff(lambda r, c=c: r['per_class_iou'].get(c)) for c in classes},
-      }
-    )
-  return shifts
-
-
-def _shift_rows(rows: list[dict], set_rows: list[dict]) -> dict:
-  """Runs whose scores are their shifts (score on the set minus their own), as a summary's
-  'runs' and 'groups', so that paired_differences compares each point's shift with the
-  baseline's, seed by seed: does a point lose less than the baseline on the set?"""
-  shifted = []
-  for own, there in zip(rows, set_rows):
-    if own['status'] != 'finished' or there['status'] != 'finished':
-      continue
-
-    def minus(a, b):
-      return None if a is None or b is None else a - b
-
-    shifted.append(
-      {
-        'overrides': own['overrides'],
-        'seed': own['seed'],
-        'status': 'finished',
-        'miou': minus(there['miou'], own['miou']),
-        'boundary_iou': minus(there['boundary_iou'], own['boundary_iou']),
-        'per_class_iou': {
-          c: minus(there['per_class_iou'].get(c), v) for c, v in own['per_class_iou'].items()
-        },
-      }
-    )
-  points = {json.dumps(r['overrides']): r for r in reversed(shifted)}  # first run of each point
-  order = list(dict.fromkeys(json.dumps(r['overrides']) for r in shifted))
-  point_rows = [
-    {'overrides': points[k]['overrides'], 'per_class_iou': points[k]['per_class_iou']}
-    for k in order
+  return [
+    {
+      'overrides': own['overrides'],
+      'seed': own['seed'],
+      'status': 'finished',
+      'miou': minus(there['miou'], own['miou']),
+      'boundary_iou': minus(there['boundary_iou'], own['boundary_iou']),
+      'per_class_iou': {
+        c: minus(there['per_class_iou'].get(c), v) for c, v in own['per_class_iou'].items()
+      },
+    }
+    for own, there in zip(rows, set_rows)
+    if own['status'] == 'finished' and there['status'] == 'finished'
   ]
-  return {'runs': shifted, 'groups': point_rows}
+
+
+def _shifts(rows: list[dict], set_rows: list[dict], baseline) -> dict:
+  """{'shift': per grid point, the mean shift over its runs with its paired statistics (the drop
+  from in-domain to the set)} and, with a baseline, 'shift_paired_differences': each point's
+  shift minus the baseline's, seed by seed (does a point lose fewer points than the baseline?)."""
+  runs = _shift_runs(rows, set_rows)
+  by_point = {}
+  for run in runs:
+    by_point.setdefault(json.dumps(run['overrides']), []).append(run)
+  shift = []
+  for members in by_point.values():
+    classes = list(members[0]['per_class_iou'])
+
+    def stat(get, members=members):
+      return paired_stats([get(m) for m in members])
+
+    shift.append(
+      {
+        'overrides': members[0]['overrides'],
+        'seeds': [m['seed'] for m in members],
+        'miou': stat(lambda r: r['miou']),
+        'boundary_iou': stat(lambda r: r['boundary_iou']),
+        'per_class_iou': {c: stat(lambda r, c=c: r['per_class_iou'].get(c)) for c in classes},
+      }
+    )
+  shifts = {'shift': shift}
+  if baseline is not None:
+    # paired_differences reads the points' order and class names from 'groups'.
+    shifted_summary = {'runs': runs, 'groups': shift}
+    shifts['shift_paired_differences'] = paired_differences(shifted_summary, baseline)
+  return shifts
 
 
 def set_fields(run: grid.Run, name: str) -> dict:
