@@ -19,6 +19,13 @@ IMPLEMENTATIONS = ('xla', 'pallas')
 # weighted by the learned tables (spec item 8).
 TERMS = ('none', 'fixed', 'adaptive')
 
+# config.loss.tables: how kind 'aaf' trains its per-class field-size tables, as the direction
+# of their update (aaf_jax/optim.py): +1 up the objective's gradient ('adversarial', the paper's
+# min-max, the default), -1 down it with the network ('descent', min-min), 0 never ('uniform':
+# equal weights over the sizes).
+TABLE_MODES = {'adversarial': +1, 'descent': -1, 'uniform': 0}
+DEFAULT_TABLES = 'adversarial'
+
 
 @dataclasses.dataclass(frozen=True)
 class LossKind:

@@ -6,7 +6,7 @@ Every leaf gets exactly one group label:
   backbone  momentum SGD on the poly schedule, L2 weight decay on conv kernels
   head      the same at `head_lr_mult` times the learning rate (subtrees `head`, `aux_head`)
   aaf       the same momentum and schedule, no weight decay; its direction is
-            `config.loss.tables` (TABLE_UPDATES): 'adversarial' ASCENDS the objective, the
+            `config.loss.tables` (loss_kinds.TABLE_MODES): 'adversarial' ASCENDS the objective, the
             min-max game of the paper; 'descent' descends with the network (min-min);
             'uniform' never moves the tables from their zero start (equal weights over sizes)
 
@@ -17,12 +17,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from aaf_jax import loss_kinds
+
 HEAD_SUBTREES = ('head', 'aux_head')
 GROUPS = ('backbone', 'head', 'aaf')
-
-# config.loss.tables (validation.TABLE_MODES) -> how the 'aaf' group moves: +1 up the
-# objective's gradient, -1 down it, 0 not at all.
-TABLE_UPDATES = {'adversarial': +1, 'descent': -1, 'uniform': 0}
 
 
 def poly_schedule(base_lr: float, num_steps: int, power: float):
@@ -56,16 +54,16 @@ def decay_mask(params):
 
 
 def make_optimizer(
-  opt_cfg, num_steps: int, tables: str = 'adversarial'
+  opt_cfg, num_steps: int, tables: str = loss_kinds.DEFAULT_TABLES
 ) -> optax.GradientTransformation:
   """One transform: descent on `model` (with head LR multiplier); on `aaf` what `tables` says.
 
   opt_cfg fields: learning_rate, poly_power, momentum, weight_decay, head_lr_mult. `tables` is
   `config.loss.tables`: 'adversarial' (ascent), 'descent' or 'uniform' (never updated).
   """
-  if tables not in TABLE_UPDATES:
+  if tables not in loss_kinds.TABLE_MODES:
     raise ValueError(
-      f'config.loss.tables={tables!r} is unknown; expected one of {tuple(TABLE_UPDATES)}.'
+      f'config.loss.tables={tables!r} is unknown; expected one of {tuple(loss_kinds.TABLE_MODES)}.'
     )
   schedule = poly_schedule(opt_cfg.learning_rate, num_steps, opt_cfg.poly_power)
 
@@ -76,7 +74,7 @@ def make_optimizer(
       optax.scale_by_learning_rate(lambda step: lr_mult * schedule(step)),
     )
 
-  direction = TABLE_UPDATES[tables]
+  direction = loss_kinds.TABLE_MODES[tables]
   if direction:
     aaf = optax.chain(
       optax.trace(decay=opt_cfg.momentum),

@@ -16,7 +16,7 @@ import platform
 import subprocess
 import sys
 
-from aaf_jax import jsonio
+from aaf_jax import jsonio, loss_kinds
 
 # Fields that may differ between a checkpoint's run and the run resuming it (docs/training.md lists them).
 RESUMABLE_FIELDS = (
@@ -40,7 +40,7 @@ RESUMABLE_FIELDS = (
 # results, checkpoints and sweeps written before it still match; a record that lacks it compares
 # as that value.
 ADDED_FIELDS = {
-  'loss.tables': 'adversarial',  # the AAF tables were always trained by gradient ascent
+  'loss.tables': loss_kinds.DEFAULT_TABLES,  # the AAF tables were always trained by gradient ascent
 }
 
 _PACKAGES = (

@@ -15,10 +15,9 @@ from aaf_jax import errors, loss_kinds, presets
 
 COMPUTE_DTYPES = ('float32', 'bfloat16')  # aaf_jax/builder.py maps them to jax dtypes
 SYNTHETIC_LAYOUTS = ('shapes', 'multiscale')  # config.data.synthetic.layout (data/synthetic.py)
-# config.loss.tables: how the AAF field-size tables learn (aaf_jax/optim.py TABLE_UPDATES):
-# 'adversarial' by gradient ascent (the paper's min-max), 'descent' with the network (min-min),
-# 'uniform' never (equal weights over the sizes).
-TABLE_MODES = ('adversarial', 'descent', 'uniform')
+TABLE_MODES = tuple(
+  loss_kinds.TABLE_MODES
+)  # config.loss.tables (loss_kinds.py says how each learns)
 
 
 class ConfigError(errors.UserError):
@@ -257,10 +256,10 @@ def _check_relations(config) -> None:
       f'config.loss.sizes={sizes}: loss kind {kind.name!r} takes at most {kind.max_sizes} '
       "size(s) (use kind 'aaf' to learn among several)."
     )
-  if not kind.learns_tables and config.loss.tables != TABLE_MODES[0]:
+  if not kind.learns_tables and config.loss.tables != loss_kinds.DEFAULT_TABLES:
     fail(
       f'config.loss.tables={config.loss.tables!r}: loss kind {kind.name!r} has no field-size '
-      f"tables; expected {TABLE_MODES[0]!r} (the default) or loss kind 'aaf'."
+      f"tables; expected {loss_kinds.DEFAULT_TABLES!r} (the default) or loss kind 'aaf'."
     )
   if config.batch_size % config.grad_accum_steps:
     fail(

@@ -90,7 +90,7 @@ def base_config(
       lambda_nonedge=1.0,
       decay=True,
       implementation='xla',
-      tables='adversarial',
+      tables=loss_kinds.DEFAULT_TABLES,
     )
   )
 

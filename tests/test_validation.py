@@ -252,9 +252,6 @@ def test_the_loss_implementation_may_change_on_resume():
 
 
 def test_every_table_mode_is_accepted_for_aaf_and_the_default_for_every_kind():
-  from aaf_jax import optim
-
-  assert validation.TABLE_MODES == tuple(optim.TABLE_UPDATES)
   assert synthetic.get_config().loss.tables == 'adversarial'
   for mode in validation.TABLE_MODES:
     validation.validate(_with(synthetic.get_config('aaf'), **{'loss.tables': mode}))
