@@ -74,6 +74,12 @@ def flatten(config) -> dict:
   return flat
 
 
+def eval_results_name(config) -> str:
+  """The file `--mode=eval` writes into a run's workdir for `config`: eval-DATASET-SPLIT.json
+  (read back by a sweep's evaluation sets and its status command)."""
+  return f'eval-{config.data.name}-{config.data.eval_split}.json'
+
+
 def fingerprint(config) -> str:
   """A digest of every field that can change the trained weights or the scores."""
   relevant = {

@@ -235,7 +235,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> dict
 
 def eval_results_path(workdir: str, config) -> str:
   """Where `--mode=eval` writes its scores: WORKDIR/eval-DATASET-SPLIT.json."""
-  return os.path.join(workdir, f'eval-{config.data.name}-{config.data.eval_split}.json')
+  return os.path.join(workdir, run_record.eval_results_name(config))
 
 
 def _variables(state) -> dict:

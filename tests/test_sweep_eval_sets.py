@@ -11,7 +11,7 @@ from launching import TINY_FLAGS, launch_command
 from tiny import tiny_config
 
 from aaf_jax import run_record, sweep
-from aaf_jax.sweep import grid, status
+from aaf_jax.sweep import status
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,15 +86,6 @@ def test_bad_evaluation_sets_are_named(tmp_path, sets, expected):
     sweep.plan(tiny_config(str(tmp_path)), str(tmp_path), ['loss.margin=[1.0]'], 1, sets)
 
 
-def test_the_file_name_is_the_one_mode_eval_writes(tmp_path):
-  from aaf_jax import train
-
-  config = tiny_config(str(tmp_path))
-  for split in ('validation', 'train'):
-    config.data.eval_split = split
-    assert os.path.join('W', grid.evaluation_file(config)) == train.eval_results_path('W', config)
-
-
 def _scores(miou, disc, config):
   return {
     'miou': miou,
@@ -129,7 +120,7 @@ def _fake_evaluate(evaluated, fail=()):
       raise FloatingPointError('NaN in the evaluation')
     assert config.data.eval_split == 'train'
     miou = VALIDATION[(config.loss.margin, config.seed)] + SHIFT[config.loss.margin]
-    with open(os.path.join(workdir, grid.evaluation_file(config)), 'w') as f:
+    with open(os.path.join(workdir, run_record.eval_results_name(config)), 'w') as f:
       json.dump(_scores(miou, miou, config), f)
 
   return evaluate

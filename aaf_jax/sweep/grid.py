@@ -51,12 +51,6 @@ def point_name(overrides: dict) -> str:
   return run_name(overrides, 0).rpartition(',seed=')[0] or '(base)'
 
 
-def evaluation_file(config) -> str:
-  """The file `--mode=eval` writes into a run's workdir for `config`: eval-DATASET-SPLIT.json
-  (train.eval_results_path; tests/test_sweep_eval_sets.py checks the two agree)."""
-  return f'eval-{config.data.name}-{config.data.eval_split}.json'
-
-
 def parse_sweep_argument(text: str, config) -> tuple[tuple[str, ...], list[tuple]]:
   """'FIELD=[v1, v2]' -> ((FIELD,), [(v1,), (v2,)]); tied fields 'F1,F2=[(a1, b1), (a2, b2)]'
   -> ((F1, F2), [(a1, b1), (a2, b2)]): the fields move together, one grid axis. SweepError
@@ -197,10 +191,10 @@ def plan(config, workdir: str, sweep_arguments, seeds: int, eval_sets=None) -> l
   for run in runs[:1]:
     files = {}
     for name, eval_config in run.evaluations.items():
-      other = files.setdefault(evaluation_file(eval_config), name)
+      other = files.setdefault(run_record.eval_results_name(eval_config), name)
       if other != name:
         raise SweepError(
-          f'--eval_sets={other},{name}: both write {evaluation_file(eval_config)} (the file '
+          f'--eval_sets={other},{name}: both write {run_record.eval_results_name(eval_config)} (the file '
           'is named by data.name and data.eval_split); name one of them.'
         )
   return runs

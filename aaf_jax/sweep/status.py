@@ -74,7 +74,7 @@ def run_status(run: grid.Run) -> dict:
 
 def evaluation_done(run_dir: str, eval_config) -> dict | None:
   """The scores of an evaluation set's file in `run_dir` when they are of `eval_config`."""
-  scores = read_json(os.path.join(run_dir, grid.evaluation_file(eval_config)))
+  scores = read_json(os.path.join(run_dir, run_record.eval_results_name(eval_config)))
   if scores is not None and scores.get('fingerprint') == run_record.fingerprint(eval_config):
     return scores
   return None
@@ -144,7 +144,7 @@ def write_plan(workdir: str, runs: list[grid.Run]) -> None:
           'fingerprint': run_record.fingerprint(run.config),
           'evaluations': {
             name: {
-              'file': grid.evaluation_file(config),
+              'file': run_record.eval_results_name(config),
               'fingerprint': run_record.fingerprint(config),
             }
             for name, config in run.evaluations.items()
