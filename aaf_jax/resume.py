@@ -13,7 +13,7 @@ import os
 import jax
 from absl import logging
 
-from aaf_jax import checkpoint, errors, same_run, weights
+from aaf_jax import checkpoint, errors, run_record, same_run, weights
 
 
 def restore_or_init(checkpointer, config, init, state_sharding, rng, num_classes):
@@ -34,22 +34,10 @@ def restore_or_init(checkpointer, config, init, state_sharding, rng, num_classes
   return state, None
 
 
-def _checkpoint_dir(path: str) -> str:
-  """A run's workdir or its checkpoints/ folder -> the workdir (what Checkpointer takes)."""
-  path = os.path.abspath(os.path.expanduser(path))
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return path
-  if os.path.basename(path) == 'checkpoints' and os.path.isdir(path):
-    return os.path.dirname(path)
-  raise errors.MissingFileError(
-    f'config.init_checkpoint={path!r}: no checkpoints/ folder there (expected a workdir).'
-  )
-
-
 def load_init_checkpoint(config, state, state_sharding, num_classes: int):
   """`state` with the network weights and BN statistics of `config.init_checkpoint`'s run."""
   path = config.init_checkpoint
-  with checkpoint.Checkpointer(_checkpoint_dir(path), create=False) as source:
+  with checkpoint.Checkpointer(run_record.init_checkpoint_workdir(path), create=False) as source:
     step = source.latest_step()
     if step is None:
       raise errors.MissingFileError(

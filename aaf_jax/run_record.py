@@ -16,7 +16,7 @@ import platform
 import subprocess
 import sys
 
-from aaf_jax import jsonio, loss_kinds
+from aaf_jax import errors, jsonio, loss_kinds
 
 # Fields that may differ between a checkpoint's run and the run resuming it (docs/training.md lists them).
 RESUMABLE_FIELDS = (
@@ -72,6 +72,20 @@ def flatten(config) -> dict:
 
   walk(tree, '')
   return flat
+
+
+def init_checkpoint_workdir(path: str) -> str:
+  """`config.init_checkpoint` (a run's workdir or its checkpoints/ folder) -> the workdir that
+  holds the checkpoints/ folder; MissingFileError when there is none."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return path
+  if os.path.basename(path) == 'checkpoints' and os.path.isdir(path):
+    return os.path.dirname(path)
+  raise errors.MissingFileError(
+    f'config.init_checkpoint={path!r}: no checkpoints/ folder there (expected the workdir of a '
+    'finished run).'
+  )
 
 
 def eval_results_name(config) -> str:

@@ -50,14 +50,7 @@ def check_files(config) -> None:
       raise errors.UserError(f'config.model.pretrained={pretrained!r}: not readable.')
   init = config.init_checkpoint
   if init:
-    path = os.path.abspath(os.path.expanduser(init))
-    # A run's workdir or its checkpoints/ folder, as checkpoint.load_init_checkpoint takes it.
-    folder = path if os.path.basename(path) == 'checkpoints' else os.path.join(path, 'checkpoints')
-    if not os.path.isdir(folder):
-      raise errors.MissingFileError(
-        f'config.init_checkpoint={init!r}: no checkpoints/ folder there (expected the workdir '
-        'of a finished run).'
-      )
+    folder = os.path.join(run_record.init_checkpoint_workdir(init), 'checkpoints')
     if not os.access(folder, os.R_OK | os.X_OK):
       raise errors.UserError(f'config.init_checkpoint={init!r}: {folder} is not readable.')
   manual = config.data.manual_dir
