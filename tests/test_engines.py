@@ -203,13 +203,21 @@ def test_slurm_array_sweep_equals_a_local_sweep_and_resumes_a_cancelled_task(tmp
 
   with local_slurm.LocalSlurm(tmp_path / 'slurm') as slurm:
     array, summary = submit('first')
-    # Shard 1 runs runs 1 and 3; cancel it once its first run has a checkpoint.
+    # Shard 1 runs runs 1 and 3; cancel it once its first run has a checkpoint. scancel reaches
+    # the tasks through slurmctld, slurmd and srun, late enough on a loaded machine for the run
+    # to finish first; so its two processes are stopped (SIGSTOP, at once) before the cancel,
+    # which then ends them inside run 1 whatever the load.
     checkpoint = workdir / 'loss.margin=2.0,seed=1' / 'checkpoints' / '2'
     deadline = time.monotonic() + TIMEOUT_S
     while not checkpoint.exists():
       assert slurm.job(f'{array}_1')['JobState'] in ('PENDING', 'RUNNING'), logs('first')
       assert time.monotonic() < deadline, 'no checkpoint in time'
-      time.sleep(0.2)
+      time.sleep(0.05)
+    pids = slurm.task_pids(slurm.job(f'{array}_1')['JobId'])
+    assert sorted(pids) == [0, 1], f'scontrol listpids found tasks {pids}'
+    for pid in pids.values():
+      os.kill(pid, signal.SIGSTOP)
+    assert not (checkpoint.parent.parent / 'results.json').exists(), 'run 1 ended before the stop'
     slurm.scancel(f'{array}_1')
     state = slurm.wait(summary, TIMEOUT_S)
     assert state == ('COMPLETED', '0:0'), f'{state}\n{logs("first")}'
