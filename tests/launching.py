@@ -21,6 +21,14 @@ def launch_command(*args) -> list[str]:
   return [sys.executable, os.path.join(ROOT, 'launch.py'), *args]
 
 
+# A multi-process job in the tests compiles its own programs instead of reading the session's
+# persistent compilation cache (tests/conftest.py): with jax 0.12.1, two CPU processes that
+# loaded programs with collectives from that cache waited on each other forever (the second run
+# of a two-process sweep; `--mode=eval` after a two-process training). With the cache off the
+# same tests pass; jax 0.10.2 never hung. Each test's multi-process jobs set this.
+NO_COMPILATION_CACHE = {'JAX_ENABLE_COMPILATION_CACHE': 'false'}
+
+
 def xla_flags(devices: int) -> str:
   """XLA_FLAGS for `devices` simulated CPU devices, keeping the flags the suite runs with."""
   inherited = os.environ.get('XLA_FLAGS', '')

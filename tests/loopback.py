@@ -12,7 +12,7 @@ import socket
 import subprocess
 import time
 
-from launching import ROOT, xla_flags
+from launching import NO_COMPILATION_CACHE, ROOT, xla_flags
 
 HEARTBEAT_TIMEOUT_S = 10  # short, so a dead process is noticed quickly in tests
 
@@ -46,6 +46,7 @@ class Job:
       'XLA_FLAGS': xla_flags(devices_per_process),
       'PYTHONPATH': os.pathsep.join(filter(None, [ROOT, os.environ.get('PYTHONPATH')])),
       'AAF_VERBOSE': '',
+      **(NO_COMPILATION_CACHE if num_processes > 1 else {}),
     }
     self.logs = [os.path.join(log_dir, f'{name}.{i}.log') for i in range(num_processes)]
     self.processes = []

@@ -21,6 +21,7 @@ import time
 
 import pytest
 from launching import (
+  NO_COMPILATION_CACHE,
   ROOT,
   TINY_FLAGS,
   launch_command,
@@ -104,6 +105,7 @@ def test_slurm_sbatch_trains_like_one_process_and_resumes_after_a_task_is_killed
     )
 
   with local_slurm.LocalSlurm(tmp_path / 'slurm') as slurm:
+    slurm.env.update(NO_COMPILATION_CACHE)  # sbatch hands its environment to the job
     job = sbatch(tmp_path / 'two', 'two')
     state = slurm.wait(job, TIMEOUT_S)
     log = _log(tmp_path / 'two.out')
@@ -202,6 +204,7 @@ def test_slurm_array_sweep_equals_a_local_sweep_and_resumes_a_cancelled_task(tmp
     )
 
   with local_slurm.LocalSlurm(tmp_path / 'slurm') as slurm:
+    slurm.env.update(NO_COMPILATION_CACHE)  # sbatch hands its environment to the job
     array, summary = submit('first')
     # Shard 1 runs runs 1 and 3; cancel it once its first run has a checkpoint. scancel reaches
     # the tasks through slurmctld, slurmd and srun, late enough on a loaded machine for the run
@@ -258,6 +261,7 @@ def test_open_mpi_mpirun_sweeps_and_trains_like_one_process(tmp_path, tiny_data_
     # Open MPI refuses root unless told twice (CI runs as root).
     'OMPI_ALLOW_RUN_AS_ROOT': '1',
     'OMPI_ALLOW_RUN_AS_ROOT_CONFIRM': '1',
+    **NO_COMPILATION_CACHE,
   }
   command = [
     'mpirun',
