@@ -2,6 +2,7 @@
 
 import contextlib
 import functools
+import importlib
 from unittest import mock
 
 import affinity_reference as ref
@@ -594,13 +595,17 @@ def test_pallas_kernels_lower_to_triton_for_gpus():
 
 def _an_h200_for_triton():
   """From jax 0.11 the Triton lowering asks the local GPU for its compute capability and fails
-  on a host without one; this names an H200 instead (jax 0.10 asks nothing: no patch)."""
-  try:
-    from jax._src.pallas.triton import gpu_info
-  except ImportError:
-    return contextlib.nullcontext()
-  h200 = gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H200)
-  return mock.patch.object(gpu_info, 'get_gpu_info', return_value=h200)
+  on a host without one; this names an H200 instead (jax 0.10 asks nothing: no patch). The
+  module that answers is jax._src.pallas.triton.gpu_info until jax 0.12.0, jax._src.gpu_info
+  from 0.12.1."""
+  for name in ('jax._src.gpu_info', 'jax._src.pallas.triton.gpu_info'):
+    try:
+      gpu_info = importlib.import_module(name)
+    except ImportError:
+      continue
+    h200 = gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H200)
+    return mock.patch.object(gpu_info, 'get_gpu_info', return_value=h200)
+  return contextlib.nullcontext()
 
 
 @pytest.mark.parametrize('implementation', affinity.IMPLEMENTATIONS)
